@@ -1,0 +1,126 @@
+"""ImageFolder datasets with several sources: `<dataset>/<split>/<class>/<image>`.
+
+Classes are matched by canonical name across datasets; every image keeps its source dataset
+so results can be reported per source. Images in a merged dataset whose file names start
+with `<source>__` (as `python3 -m data.prepare merge` writes them) keep that source.
+"""
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from utils.errors import UserError
+
+from .classes import normalize_class_name
+from .images import decode_image, is_image_file
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: str
+    label: int
+    source: int
+
+
+def find_datasets(root: Path) -> List[Path]:
+    """Every folder directly under `root` that holds a `train/` split."""
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if (p / "train").is_dir())
+
+
+def source_of(path: Path, dataset: str) -> str:
+    stem = path.name
+    return stem.split("__", 1)[0] if "__" in stem else dataset
+
+
+class FaceFolder(Dataset):
+    """Images of one split from one or more dataset folders.
+
+    Args:
+        roots: dataset folders, each with `<split>/<class>/` subfolders.
+        split: "train", "val" or "test".
+        img_size: images are resized to img_size x img_size.
+        classes: the class list to use (from training or a checkpoint); None takes the sorted
+            union of the class folders found. A class folder not in `classes` is an error.
+
+    Items are (uint8 image (3, S, S), label, source index, sample index), or None for an
+    unreadable image (reported once by path; `collate_skip_none` drops it).
+    """
+
+    def __init__(self, roots: Sequence[Path], split: str, img_size: int, classes: Optional[Sequence[str]] = None):
+        self.roots = [Path(r) for r in roots]
+        self.split = split
+        self.img_size = img_size
+        found = self._scan()
+        names = sorted({name for _, name, _ in found})
+        if classes is None:
+            classes = names
+        unknown = sorted(set(names) - set(classes))
+        if unknown:
+            raise UserError(f"the {split} data has classes {unknown} that the model does not know "
+                            f"(it knows {list(classes)}); remove those folders or retrain")
+        self.classes = list(classes)
+        self.sources = sorted({src for _, _, src in found})
+        index = {c: i for i, c in enumerate(self.classes)}
+        src_index = {s: i for i, s in enumerate(self.sources)}
+        self.samples = [Sample(str(p), index[c], src_index[s]) for p, c, s in found]
+        if not self.samples:
+            raise UserError(f"no images found in the {split} split of {', '.join(map(str, self.roots))}")
+
+    def _scan(self):
+        found = []
+        for root in self.roots:
+            split_dir = root / self.split
+            if not split_dir.is_dir():
+                raise UserError(f"{split_dir} does not exist; each dataset folder needs "
+                                f"train/ and val/ (and optionally test/) with one folder per class")
+            for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir()):
+                name = normalize_class_name(class_dir.name)
+                for path in sorted(class_dir.rglob("*")):
+                    if path.is_file() and is_image_file(path):
+                        found.append((path, name, source_of(path, root.name)))
+        return found
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.array([s.label for s in self.samples], dtype=np.int64)
+
+    def class_counts(self) -> np.ndarray:
+        return np.bincount(self.labels, minlength=len(self.classes))
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load(self, i: int) -> torch.Tensor:
+        """Decode sample i as a uint8 (3, S, S) tensor."""
+        image = decode_image(self.samples[i].path)
+        image = image.resize((self.img_size, self.img_size), Image.BILINEAR)
+        return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
+
+    def __getitem__(self, i: int):
+        sample = self.samples[i]
+        try:
+            image = self.load(i)
+        except (UserError, OSError) as err:
+            log.warning("skipping unreadable image %s: %s", sample.path, err)
+            return None
+        return image, sample.label, sample.source, i
+
+
+def collate_skip_none(batch):
+    """Stack (image, label, source, index) items, dropping unreadable (None) ones."""
+    batch = [item for item in batch if item is not None]
+    if not batch:
+        return None
+    images, labels, sources, indices = zip(*batch)
+    return (torch.stack(images), torch.tensor(labels), torch.tensor(sources), torch.tensor(indices))

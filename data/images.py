@@ -1,0 +1,55 @@
+"""Decoding images the way every script here needs them: RGB, upright, bounded in size."""
+import io
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from utils.errors import UserError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
+MAX_PIXELS = 50_000_000  # refuse decompression bombs well before they exhaust memory
+
+
+def is_image_file(path: Union[str, Path]) -> bool:
+    return str(path).lower().endswith(IMAGE_EXTENSIONS)
+
+
+def decode_image(source: Union[str, Path, bytes], max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Open a file path or encoded bytes as an upright 8-bit RGB image.
+
+    EXIF orientation is applied; grey, palette, RGBA and 16-bit images are converted
+    (16-bit scaled to 8-bit, alpha composited on white).
+
+    Raises:
+        UserError: the data is not a decodable image, or has more than `max_pixels` pixels.
+    """
+    name = "image data" if isinstance(source, bytes) else str(source)
+    try:
+        image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+        if image.width * image.height > max_pixels:
+            raise UserError(f"{name}: {image.width}x{image.height} pixels is over the limit of "
+                            f"{max_pixels:,}; resize it first")
+        image.load()
+    except UserError:
+        raise
+    except FileNotFoundError:
+        raise UserError(f"{name}: no such file") from None
+    except Exception as err:
+        raise UserError(f"{name}: not a readable image ({err})") from None
+    image = ImageOps.exif_transpose(image)
+    return _to_rgb(image)
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if arr.max() > 255 else 255.0
+        image = Image.fromarray((arr / peak * 255.0).clip(0, 255).astype(np.uint8), mode="L")
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA"):
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, image.convert("RGBA"))
+    return image.convert("RGB")

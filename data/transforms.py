@@ -1,0 +1,115 @@
+"""Batched image transforms that run on the training device.
+
+Images arrive as uint8 (B, 3, S, S) tensors already resized to the input size. Augmentation
+is one affine resampling per batch (flip, rotation, scale and translation folded into one
+matrix per image, `grid_sample` with zero fill) followed by random erasing after
+normalisation, so the data pipeline costs almost nothing next to the model step, on the CPU
+as on a GPU. Random numbers are drawn from torch's global CPU generator, so a seeded run
+augments identically on any device.
+"""
+import math
+from dataclasses import dataclass
+from typing import Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """One augmentation recipe.
+
+    Attributes:
+        flip: probability of a horizontal flip.
+        p_affine: probability that an image gets the random affine below.
+        degrees: rotation drawn from U(-degrees, degrees).
+        translate: shift per axis drawn from U(-t, t) as a fraction of the image size.
+        scale: zoom drawn from U(scale).
+        p_erase: probability of random erasing (value 0 after normalisation).
+        erase_scale: erased area as a fraction of the image.
+        erase_ratio: aspect ratio range of the erased rectangle.
+    """
+
+    flip: float = 0.5
+    p_affine: float = 0.2
+    degrees: float = 20.0
+    translate: float = 32 / 224
+    scale: Tuple[float, float] = (1.0, 1.0)
+    p_erase: float = 0.5
+    erase_scale: Tuple[float, float] = (0.02, 0.25)
+    erase_ratio: Tuple[float, float] = (0.3, 3.3)
+
+
+PRESETS = {
+    # DAN's RAF-DB recipe: flip; with p=0.2 rotation <= 20 deg and a random crop with padding 32
+    # (at 224 px: a shift of up to 32/224 of the side); random erasing (0.02-0.25).
+    "rafdb": AugmentConfig(),
+    # DAN's AffectNet recipe: flip; with p=0.7 an affine of 20 deg, scale 0.8-1, translate 0.2.
+    "affectnet": AugmentConfig(p_affine=0.7, degrees=20.0, translate=0.2, scale=(0.8, 1.0)),
+    # Small grey web faces (FER2013): an affine on every image, zooming both ways.
+    "fer": AugmentConfig(p_affine=1.0, degrees=15.0, translate=0.1, scale=(0.85, 1.15)),
+    "none": AugmentConfig(flip=0.0, p_affine=0.0, p_erase=0.0),
+}
+
+
+class Normalize:
+    """uint8 (B, 3, S, S) -> float (B, 3, S, S), scaled to [0, 1] then standardised."""
+
+    def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
+        self.mean = torch.tensor(mean).view(1, 3, 1, 1)
+        self.std = torch.tensor(std).view(1, 3, 1, 1)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        mean, std = self.mean.to(images.device), self.std.to(images.device)
+        return (images.float() / 255.0 - mean) / std
+
+
+class TrainAugment:
+    """Random flip/affine on uint8 images, normalisation, then random erasing."""
+
+    def __init__(self, config: AugmentConfig, normalize: Normalize):
+        self.config = config
+        self.normalize = normalize
+
+    def affine_matrices(self, batch: int) -> torch.Tensor:
+        """(B, 2, 3) matrices mapping output to input coordinates (affine_grid's convention)."""
+        c = self.config
+        apply = (torch.rand(batch) < c.p_affine).float()
+        angle = (torch.rand(batch) * 2 - 1) * math.radians(c.degrees) * apply
+        zoom = 1 + (torch.empty(batch).uniform_(*c.scale) - 1) * apply
+        shift = (torch.rand(batch, 2) * 2 - 1) * (2 * c.translate) * apply[:, None]  # normalised units
+        flip = torch.where(torch.rand(batch) < c.flip, -1.0, 1.0)
+        cos, sin = torch.cos(angle), torch.sin(angle)
+        # Forward map: p_out = zoom * R(angle) * Flip * p_in + shift; we need its inverse.
+        inv = torch.stack([torch.stack([cos, sin], -1), torch.stack([-sin, cos], -1)], 1) / zoom[:, None, None]
+        inv[:, 0, :] *= flip[:, None]  # Flip^-1 = Flip, applied last
+        offset = -(inv @ shift[:, :, None])
+        return torch.cat([inv, offset], dim=2)
+
+    def erase(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        b, _, h, w = x.shape
+        area = torch.empty(b).uniform_(*c.erase_scale) * h * w
+        ratio = torch.exp(torch.empty(b).uniform_(math.log(c.erase_ratio[0]), math.log(c.erase_ratio[1])))
+        eh = torch.sqrt(area * ratio).round().clamp(1, h - 1)
+        ew = torch.sqrt(area / ratio).round().clamp(1, w - 1)
+        top = (torch.rand(b) * (h - eh + 1)).floor()
+        left = (torch.rand(b) * (w - ew + 1)).floor()
+        apply = torch.rand(b) < c.p_erase
+        rows = torch.arange(h).view(1, h, 1)
+        cols = torch.arange(w).view(1, 1, w)
+        mask = ((rows >= top.view(b, 1, 1)) & (rows < (top + eh).view(b, 1, 1))
+                & (cols >= left.view(b, 1, 1)) & (cols < (left + ew).view(b, 1, 1)) & apply.view(b, 1, 1))
+        return x.masked_fill(mask.unsqueeze(1).to(x.device), 0.0)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.float() / 255.0
+        theta = self.affine_matrices(x.shape[0]).to(x.device)
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        mean, std = self.normalize.mean.to(x.device), self.normalize.std.to(x.device)
+        x = (x - mean) / std
+        return self.erase(x) if self.config.p_erase > 0 else x

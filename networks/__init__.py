@@ -1,0 +1,123 @@
+"""Models by name: `build_model("dan", num_classes=7, num_heads=4)`."""
+from pathlib import Path
+from typing import Callable, Dict, Optional
+
+import torch
+from torch import nn
+
+from utils.errors import UserError
+
+from .dan import DAN
+from .efficientnet import EfficientNetB3
+from .losses import CECriterion, DANCriterion, total_loss
+from .outputs import ModelOutput
+from .resnet import ResNet18
+
+MODELS: Dict[str, Callable[..., nn.Module]] = {
+    "dan": DAN,
+    "efficientnet_b3": EfficientNetB3,
+    "resnet18": ResNet18,
+}
+
+# Where a backbone file is looked for when --pretrained is not given (relative to the repo root).
+DEFAULT_PRETRAINED = {
+    "dan": ["Data/resnet18_msceleb.pth", "Data/resnet18.pth"],
+    "resnet18": ["Data/resnet18_msceleb.pth", "Data/resnet18.pth"],
+    "efficientnet_b3": ["Data/efficientnet_b3.pth", "Data/efficientnet_b3_ra2-cf984f9c.pth"],
+}
+
+
+def build_model(name: str, num_classes: int, pretrained: Optional[str] = None, **options) -> nn.Module:
+    """Build a model by name, optionally loading a backbone from a file.
+
+    Args:
+        name: one of MODELS.
+        num_classes: C.
+        pretrained: path to backbone weights (see `load_backbone`), or None for random init.
+        **options: constructor arguments, e.g. num_heads for DAN.
+    """
+    if name not in MODELS:
+        raise UserError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+    model = MODELS[name](num_classes=num_classes, **options)
+    if pretrained:
+        load_backbone(model, pretrained)
+    return model
+
+
+def build_criterion(name: str, model: nn.Module, label_smoothing: float = 0.0) -> nn.Module:
+    if name == "dan":
+        return DANCriterion(model.num_classes, model.num_features, label_smoothing)
+    return CECriterion(label_smoothing)
+
+
+def _read_state_dict(path: str) -> Dict[str, torch.Tensor]:
+    if not Path(path).is_file():
+        raise UserError(f"pretrained weights {path} not found")
+    if str(path).endswith(".safetensors"):
+        from safetensors.torch import load_file
+        return load_file(path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # an unpicklable or non-weights file
+        raise UserError(f"cannot read {path} as plain weights ({str(err).splitlines()[0]}); "
+                        "only files loadable with torch.load(weights_only=True) are accepted") from None
+    for key in ("state_dict", "model_state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise UserError(f"{path} does not hold a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def load_backbone(model: nn.Module, path: str) -> None:
+    """Load backbone weights into `model` from `path`; the classifier stays random.
+
+    DAN and ResNet18 take a torchvision ResNet-18 state dict (for example the MS-Celeb-1M
+    `resnet18_msceleb.pth`, whose `state_dict` uses torchvision's names); its `fc.*` is ignored.
+    EfficientNet-B3 takes a timm `efficientnet_b3` state dict; its `classifier.*` is ignored.
+
+    Raises:
+        UserError: naming the missing and unexpected keys, or mismatched shapes.
+    """
+    state = _read_state_dict(path)
+    if isinstance(model, EfficientNetB3):
+        target, prefix, skip = model.backbone, "", "classifier."
+    else:
+        target, prefix, skip = model.trunk, "", "fc."
+    state = {prefix + k: v for k, v in state.items() if not k.startswith(skip)}
+    own = target.state_dict()
+    missing = sorted(k for k in own if k not in state and not k.startswith(skip))
+    unexpected = sorted(k for k in state if k not in own)
+    if missing or unexpected:
+        raise UserError(f"{path} does not fit the {type(model).__name__} backbone: "
+                        f"missing keys {_short(missing)}, unexpected keys {_short(unexpected)}")
+    wrong = [k for k, v in state.items() if v.shape != own[k].shape]
+    if wrong:
+        raise UserError(f"{path}: shape mismatch for {_short(wrong)}")
+    target.load_state_dict(state, strict=False)
+
+
+def _short(keys, limit: int = 6) -> str:
+    if not keys:
+        return "none"
+    more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+def default_pretrained(name: str, root: Path) -> Optional[str]:
+    """The conventional backbone file under Data/ for this model, if present."""
+    for rel in DEFAULT_PRETRAINED.get(name, []):
+        if (root / rel).is_file():
+            return str(root / rel)
+    return None
+
+
+def load_model(path, device="cpu"):
+    """Rebuild a model from a checkpoint file alone; returns (model in eval mode, metadata)."""
+    from utils.checkpoint import load_model as _load
+    return _load(path, device)
+
+
+__all__ = ["MODELS", "ModelOutput", "build_model", "build_criterion", "load_backbone", "load_model",
+           "default_pretrained", "total_loss", "DAN", "EfficientNetB3", "ResNet18"]

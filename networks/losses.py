@@ -1,0 +1,77 @@
+"""Training criteria. Each returns a dict of named loss terms; `total_loss` weighs them in one place."""
+from typing import Dict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .outputs import ModelOutput
+
+
+def affinity_loss(features: torch.Tensor, labels: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
+    """DAN's affinity loss: pull features to their class center, push centers apart.
+
+    Args:
+        features: (B, D) pooled features.
+        labels: (B,) class indices.
+        centers: (C, D) learned class centers.
+
+    Returns:
+        Scalar: sum over samples of ||f_i - c_{y_i}||^2 / sum_d Var_c(centers[:, d]),
+        each term clamped to [1e-12, 1e12], divided by B.
+    """
+    dist = (features.float() - centers[labels].float()).pow(2).sum(dim=1)  # (B,)
+    spread = centers.float().var(dim=0).sum()
+    return (dist / spread).clamp(min=1e-12, max=1e12).sum() / features.shape[0]
+
+
+def partition_loss(heads: torch.Tensor) -> torch.Tensor:
+    """DAN's partition loss: log(1 + N / (v + eps)), v = unbiased variance across heads,
+    averaged over batch and channels; 0 for a single head.
+
+    Args:
+        heads: (B, N, D) per-head vectors.
+    """
+    num_heads = heads.shape[1]
+    if num_heads == 1:
+        return heads.new_zeros(())
+    var = heads.float().var(dim=1).mean()
+    return torch.log1p(num_heads / (var + torch.finfo(torch.float32).eps))
+
+
+class DANCriterion(nn.Module):
+    """Cross-entropy + affinity + partition, with exactly `num_classes` learned centers.
+
+    Args:
+        num_classes: C.
+        feat_dim: D, the pooled feature size.
+        label_smoothing: for the cross-entropy term.
+    """
+
+    def __init__(self, num_classes: int, feat_dim: int = 512, label_smoothing: float = 0.0):
+        super().__init__()
+        self.centers = nn.Parameter(torch.randn(num_classes, feat_dim))
+        self.label_smoothing = label_smoothing
+
+    def forward(self, output: ModelOutput, labels: torch.Tensor) -> Dict[str, torch.Tensor]:
+        return {
+            "ce": F.cross_entropy(output.logits.float(), labels, label_smoothing=self.label_smoothing),
+            "affinity": affinity_loss(output.features, labels, self.centers),
+            "partition": partition_loss(output.heads),
+        }
+
+
+class CECriterion(nn.Module):
+    """Plain cross-entropy, for models without heads."""
+
+    def __init__(self, label_smoothing: float = 0.0):
+        super().__init__()
+        self.label_smoothing = label_smoothing
+
+    def forward(self, output: ModelOutput, labels: torch.Tensor) -> Dict[str, torch.Tensor]:
+        return {"ce": F.cross_entropy(output.logits.float(), labels, label_smoothing=self.label_smoothing)}
+
+
+def total_loss(losses: Dict[str, torch.Tensor], weights: Dict[str, float]) -> torch.Tensor:
+    """The weighted sum of named terms; a term without a weight counts once."""
+    return sum(weights.get(name, 1.0) * value for name, value in losses.items())

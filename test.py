@@ -1,0 +1,138 @@
+"""Evaluate a checkpoint: a table per source dataset, per-class metrics, plots and per-image predictions.
+
+    python3 test.py --checkpoint runs/dan-.../best.pth --data Data/rafdb --split test
+"""
+import argparse
+import csv
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from data.datasets import FaceFolder, find_datasets
+from data.loading import Batches, ShardedSampler, TensorCache
+from data.transforms import Normalize
+from utils.checkpoint import load_model
+from utils.distributed import DistInfo
+from utils.engine import Precision, evaluate
+from utils.errors import UserError, run_cli
+from utils.metrics import format_table, full_report
+from utils.misc import cpu_count, resolve_device, setup_logging
+from utils.plots import plot_confusion, plot_tsne
+
+ROOT = Path(__file__).resolve().parent
+DEFAULT_MODEL = ROOT / "Data" / "dan_fer2013.safetensors"
+log = logging.getLogger("test")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Evaluate a facial-expression model.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--checkpoint", default=str(DEFAULT_MODEL.relative_to(ROOT)),
+                   help="a best.pth / last.pth from train.py, or a .safetensors model")
+    p.add_argument("--data", nargs="+", default=None, help="dataset folders (default: every dataset under Data/)")
+    p.add_argument("--split", default="test", help="split to evaluate (falls back to val where test/ is absent)")
+    p.add_argument("--output", default=None, help="folder for metrics, plots and predictions "
+                                                   "(default: <checkpoint folder>/test-<split>)")
+    p.add_argument("--json", default=None, help="also write the metrics JSON here")
+    p.add_argument("--tta", action="store_true", help="average the prediction with its horizontal flip")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--workers", type=int, default=-1)
+    p.add_argument("--no-tsne", action="store_true", help="skip the t-SNE plot (slow for large sets)")
+    return p
+
+
+class FlipTTA(torch.nn.Module):
+    """Average a model's logits and features over the image and its mirror."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        a, b = self.model(x), self.model(x.flip(-1))
+        return a._replace(logits=(a.logits + b.logits) / 2, features=(a.features + b.features) / 2)
+
+
+def resolve_split(roots, split: str) -> str:
+    if all((Path(r) / split).is_dir() for r in roots):
+        return split
+    if split == "test" and all((Path(r) / "val").is_dir() for r in roots):
+        log.warning("no test/ split in %s: evaluating val/", ", ".join(map(str, roots)))
+        return "val"
+    raise UserError(f"split {split!r} not found in {', '.join(map(str, roots))}")
+
+
+def print_report(report: dict, split: str) -> None:
+    rows = [[name, m["images"], f"{100 * m['accuracy']:.2f}", f"{100 * m['balanced_accuracy']:.2f}",
+             f"{100 * m['macro_f1']:.2f}"] for name, m in report["per_source"].items()]
+    rows.append(["all", report["images"], f"{100 * report['accuracy']:.2f}",
+                 f"{100 * report['balanced_accuracy']:.2f}", f"{100 * report['macro_f1']:.2f}"])
+    print(f"\nResults on the {split} split")
+    print(format_table(rows, ["dataset", "images", "accuracy %", "balanced acc %", "macro-F1 %"]))
+    rows = [[name, f"{100 * m['precision']:.2f}", f"{100 * m['recall']:.2f}", f"{100 * m['f1']:.2f}", m["support"]]
+            for name, m in report["per_class"].items()]
+    print()
+    print(format_table(rows, ["class", "precision %", "recall %", "F1 %", "images"]))
+
+
+def main(args) -> dict:
+    setup_logging()
+    device = resolve_device(args.device)
+    torch.set_num_threads(cpu_count())
+    checkpoint = Path(args.checkpoint)
+    if not checkpoint.is_file() and checkpoint == Path(DEFAULT_MODEL.relative_to(ROOT)):
+        checkpoint = DEFAULT_MODEL
+    if not checkpoint.is_file():
+        raise UserError(f"checkpoint {args.checkpoint} not found; train one with python3 train.py "
+                        "or pass --checkpoint")
+    model, meta = load_model(checkpoint, device)
+    roots = [Path(d) for d in args.data] if args.data else find_datasets(ROOT / "Data")
+    if not roots:
+        raise UserError("no dataset under Data/ and no --data given")
+    split = resolve_split(roots, args.split)
+    dataset = FaceFolder(roots, split, meta["img_size"], classes=meta["classes"])
+    missing = sorted(set(meta["classes"]) - {dataset.classes[i] for i in np.unique(dataset.labels)})
+    if missing:
+        log.info("the data has no images of %s: scored on its %d classes", missing,
+                 len(meta["classes"]) - len(missing))
+    workers = args.workers if args.workers >= 0 else min(4, cpu_count())
+    cache = TensorCache(dataset, torch.device("cpu"), workers, desc=f"loading {split}")
+    batches = Batches(dataset, ShardedSampler(len(dataset), False), args.batch_size, cache)
+    net = FlipTTA(model) if args.tta else model
+    result = evaluate(net, batches, Normalize(meta["mean"], meta["std"]), device=device,
+                      precision=Precision.choose(device, None), channels_last=False, dist_info=DistInfo(),
+                      desc=split, keep_features=not args.no_tsne)
+    report = full_report(result["labels"], result["preds"], result["sources"], meta["classes"], dataset.sources)
+    report.update({"checkpoint": str(checkpoint), "split": split, "tta": args.tta,
+                   "data": [str(r) for r in roots]})
+    print_report(report, split)
+
+    out = Path(args.output) if args.output else checkpoint.parent / f"test-{split}"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    plot_confusion(np.array(report["confusion_matrix"]), meta["classes"], out / "confusion_matrix.png",
+                   title=f"{split}:")
+    if not args.no_tsne:
+        plot_tsne(result["features"], result["labels"], meta["classes"], out / "tsne.png")
+    with open(out / "predictions.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "source", "label", "prediction", "confidence"] + list(meta["classes"]))
+        for i, idx in enumerate(result["indices"]):
+            sample = dataset.samples[idx]
+            probs = result["probs"][i]
+            writer.writerow([sample.path, dataset.sources[sample.source], meta["classes"][sample.label],
+                             meta["classes"][result["preds"][i]], f"{probs.max():.4f}"]
+                            + [f"{p:.4f}" for p in probs])
+    print(f"\nwrote {out}/metrics.json, confusion_matrix.png, {'' if args.no_tsne else 'tsne.png, '}predictions.csv")
+    return report
+
+
+if __name__ == "__main__":
+    run_cli(main, get_args_parser().parse_args())

@@ -1,0 +1,289 @@
+"""Train DAN, EfficientNet-B3 or a plain ResNet-18 on one or more ImageFolder datasets.
+
+    python3 train.py                                   # every dataset under Data/, DAN, RAF-DB recipe
+    python3 train.py --data Data/rafdb --epochs 40     # one dataset
+    torchrun --nproc_per_node 4 train.py --data ...    # several GPUs (PyTorch DDP)
+"""
+import argparse
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from data.datasets import FaceFolder, find_datasets
+from data.loading import Batches, ShardedSampler, TensorCache, balanced_weights
+from data.transforms import IMAGENET_MEAN, IMAGENET_STD, PRESETS, Normalize, TrainAugment
+from networks import MODELS, build_criterion, build_model, default_pretrained
+from utils.checkpoint import load_checkpoint, load_state_strict, save_checkpoint, save_safetensors
+from utils.distributed import cleanup, init_distributed
+from utils.engine import Precision, TrainStep, evaluate, train_one_epoch
+from utils.errors import UserError, run_cli
+from utils.metrics import confusion_matrix, summarize
+from utils.misc import cpu_count, default_workers, resolve_device, seed_everything, setup_logging
+from utils.plots import plot_history
+
+ROOT = Path(__file__).resolve().parent
+log = logging.getLogger("train")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Train a facial-expression model.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", default="dan", choices=sorted(MODELS))
+    p.add_argument("--data", nargs="+", default=None,
+                   help="dataset folders with train/ and val/ (default: every dataset under Data/)")
+    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--batch-size", type=int, default=256, help="per process")
+    p.add_argument("--img-size", type=int, default=224)
+    p.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"])
+    p.add_argument("--lr", type=float, default=None, help="default 0.1 for sgd, 1e-4 for adam")
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--weight-decay", type=float, default=None, help="default 1e-4 for sgd, 0 for adam")
+    p.add_argument("--sched", default="auto", choices=["auto", "step", "exp", "cosine"],
+                   help="auto: step (x0.1 every 10 epochs) for sgd, exp (x0.6 per epoch) for adam")
+    p.add_argument("--step-size", type=int, default=10, help="epochs between steps of --sched step")
+    p.add_argument("--gamma", type=float, default=None, help="decay factor; default 0.1 for step, 0.6 for exp")
+    p.add_argument("--warmup-epochs", type=float, default=1.0, help="linear learning-rate warm-up")
+    p.add_argument("--aug", default="rafdb", choices=sorted(PRESETS), help="training augmentation preset")
+    p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--num-heads", type=int, default=4, help="DAN's cross-attention heads")
+    p.add_argument("--lambda-aff", type=float, default=1.0, help="weight of DAN's affinity loss")
+    p.add_argument("--lambda-part", type=float, default=1.0, help="weight of DAN's partition loss")
+    p.add_argument("--balanced-sampler", action="store_true", help="sample classes with equal probability")
+    p.add_argument("--pretrained", default="auto",
+                   help="backbone weights file; 'auto' uses Data/resnet18_msceleb.pth (DAN) or "
+                        "Data/efficientnet_b3.pth if present; 'none' for random initialisation")
+    p.add_argument("--output", default=None, help="run folder (default runs/<model>-<time>)")
+    p.add_argument("--resume", default=None, help="a last.pth checkpoint or a run folder to continue")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--deterministic", action="store_true", help="deterministic kernels (slower on GPU)")
+    p.add_argument("--workers", type=int, default=-1, help="DataLoader workers (-1: chosen for the device)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: one per core)")
+    p.add_argument("--cache", default="auto", choices=["auto", "yes", "no"],
+                   help="decode the dataset once into memory (auto: when it takes under --cache-gb)")
+    p.add_argument("--cache-gb", type=float, default=6.0)
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="mixed precision (default: on for CUDA)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="channels_last memory format (default: on for CUDA)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    return p
+
+
+def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
+    sgd = args.optimizer == "sgd"
+    args.lr = args.lr if args.lr is not None else (0.1 if sgd else 1e-4)
+    args.weight_decay = args.weight_decay if args.weight_decay is not None else (1e-4 if sgd else 0.0)
+    if args.sched == "auto":
+        args.sched = "step" if sgd else "exp"
+    if args.gamma is None:
+        args.gamma = 0.6 if args.sched == "exp" else 0.1
+    if args.data is None:
+        found = find_datasets(ROOT / "Data")
+        if not found:
+            raise UserError("no dataset under Data/: put one in Data/<name>/{train,val}/<class>/ "
+                            "(python3 -m data.prepare converts the official releases) or pass --data")
+        args.data = [str(p) for p in found]
+    for folder in args.data:
+        if not Path(folder).is_dir():
+            raise UserError(f"--data {folder}: no such folder")
+    for name in ("epochs", "batch_size", "img_size"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.img_size < 32:
+        raise UserError("--img-size must be at least 32 (the backbones downsample 32x)")
+    if args.pretrained == "auto":
+        args.pretrained = default_pretrained(args.model, ROOT)
+    elif args.pretrained == "none":
+        args.pretrained = None
+    if args.output is None:
+        args.output = str(ROOT / "runs" / f"{args.model}-{time.strftime('%Y%m%d-%H%M%S')}")
+    return args
+
+
+def lr_factor(it: int, iters_per_epoch: int, args) -> float:
+    """Learning-rate multiplier at iteration `it`: linear warm-up, then the schedule by epoch."""
+    epoch = it / iters_per_epoch
+    warm = min(1.0, (it + 1) / (args.warmup_epochs * iters_per_epoch)) if args.warmup_epochs > 0 else 1.0
+    if args.sched == "step":
+        decay = args.gamma ** (int(epoch) // args.step_size)
+    elif args.sched == "exp":
+        decay = args.gamma ** int(epoch)
+    else:
+        decay = 0.5 * (1 + math.cos(math.pi * min(1.0, epoch / args.epochs)))
+    return warm * decay
+
+
+def make_optimizer(step: TrainStep, args):
+    params = [p for p in step.parameters() if p.requires_grad]
+    if args.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+    return torch.optim.Adam(params, lr=args.lr, weight_decay=args.weight_decay)
+
+
+def build_data(args, device, dist_info):
+    roots = [Path(d) for d in args.data]
+    train_set = FaceFolder(roots, "train", args.img_size)
+    val_set = FaceFolder(roots, "val", args.img_size, classes=train_set.classes)
+    nbytes = TensorCache.nbytes(train_set) + TensorCache.nbytes(val_set)
+    cached = args.cache == "yes" or (args.cache == "auto" and nbytes <= args.cache_gb * 2**30)
+    workers = args.workers if args.workers >= 0 else default_workers(device, cached)
+    caches = (None, None)
+    if cached:
+        fill_workers = args.workers if args.workers >= 0 else cpu_count()
+        caches = tuple(TensorCache(ds, device, fill_workers, desc=f"caching {ds.split}")
+                       for ds in (train_set, val_set))
+    weights = balanced_weights(train_set.labels, len(train_set.classes)) if args.balanced_sampler else None
+    per_rank = -(-len(train_set) // dist_info.world_size)
+    batch = min(args.batch_size, per_rank)
+    train_sampler = ShardedSampler(len(train_set), True, args.seed, dist_info.rank, dist_info.world_size, weights)
+    val_sampler = ShardedSampler(len(val_set), False, rank=dist_info.rank, world_size=dist_info.world_size)
+    pin = device.type == "cuda"
+    train_batches = Batches(train_set, train_sampler, batch, caches[0], workers, drop_last=True, pin_memory=pin)
+    val_batches = Batches(val_set, val_sampler, batch, caches[1], workers, pin_memory=pin)
+    log.info("data: %s | classes %s | train %d, val %d images | %s, %d workers",
+             ", ".join(args.data), train_set.classes, len(train_set), len(val_set),
+             "cached in memory" if cached else "streamed", workers)
+    log.info("train images per class: %s", dict(zip(train_set.classes, train_set.class_counts().tolist())))
+    return train_set, val_set, train_batches, val_batches
+
+
+def main(args: argparse.Namespace) -> dict:
+    device = resolve_device(args.device)
+    dist_info = init_distributed(device.type)
+    setup_logging(dist_info.rank)
+    try:
+        return _train(args, device, dist_info)
+    finally:
+        cleanup(dist_info)
+
+
+def _train(args, device, dist_info) -> dict:
+    resume = None
+    if args.resume:
+        path = Path(args.resume)
+        resume = load_checkpoint(path / "last.pth" if path.is_dir() else path)
+        saved = resume["args"]
+        # Continue the saved run: its data, model and recipe; only where to write and how to run may change.
+        for key in ("device", "workers", "threads", "amp", "compile", "resume", "cache", "cache_gb"):
+            saved[key] = getattr(args, key)
+        saved["epochs"] = max(args.epochs if args.epochs != get_args_parser().get_default("epochs")
+                              else saved["epochs"], resume["epoch"])
+        args = argparse.Namespace(**saved)
+    else:
+        args = resolve_args(args)
+    torch.set_num_threads(args.threads or max(1, cpu_count() // dist_info.world_size))
+    if args.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    seed_everything(args.seed)
+    out = Path(args.output)
+    if dist_info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "args.json").write_text(json.dumps(vars(args), indent=2) + "\n")
+        log.info("run folder: %s", out)
+
+    train_set, val_set, train_batches, val_batches = build_data(args, device, dist_info)
+    classes = train_set.classes
+    model_args = {"num_classes": len(classes)}
+    if args.model == "dan":
+        model_args["num_heads"] = args.num_heads
+    if args.pretrained and resume is None:
+        log.info("backbone weights: %s", args.pretrained)
+    elif resume is None:
+        log.info("no pretrained backbone found (see --pretrained): training from random initialisation")
+    model = build_model(args.model, pretrained=args.pretrained if resume is None else None, **model_args)
+    criterion = build_criterion(args.model, model, args.label_smoothing)
+    channels_last = args.channels_last if args.channels_last is not None else device.type == "cuda"
+    step = TrainStep(model, criterion).to(device)
+    if channels_last:
+        step = step.to(memory_format=torch.channels_last)
+    precision = Precision.choose(device, args.amp)
+    optimizer = make_optimizer(step, args)
+    iters = len(train_batches)
+    if iters == 0:
+        raise UserError("the training split is smaller than one batch; lower --batch-size")
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, iters, args))
+    scaler = torch.amp.GradScaler(device.type, enabled=precision.needs_scaler)
+    meta = {"model": args.model, "model_args": model_args, "classes": classes, "img_size": args.img_size,
+            "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+
+    start_epoch, best, best_epoch, history = 1, -1.0, 0, []
+    if resume is not None:
+        if resume["meta"]["classes"] != classes:
+            raise UserError(f"the data's classes {classes} differ from the checkpoint's {resume['meta']['classes']}")
+        load_state_strict(model, resume["state_dict"], args.resume)
+        criterion.load_state_dict(resume["criterion"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        scaler.load_state_dict(resume["scaler"])
+        start_epoch = resume["epoch"] + 1
+        best, best_epoch, history = resume["best_metric"], resume["best_epoch"], resume["history"]
+        log.info("resumed from epoch %d (best val accuracy %.2f%% at epoch %d)", resume["epoch"], 100 * best, best_epoch)
+
+    runner = step
+    if args.compile:
+        runner.model = torch.compile(model)
+    if dist_info.enabled:
+        runner = DistributedDataParallel(step, device_ids=[device.index or 0] if device.type == "cuda" else None)
+    augment = TrainAugment(PRESETS[args.aug], Normalize(meta["mean"], meta["std"]))
+    normalize = Normalize(meta["mean"], meta["std"])
+    weights = {"ce": 1.0, "affinity": args.lambda_aff, "partition": args.lambda_part}
+    log.info("%s: %.2fM parameters | %s | %s | batch %d x %d process(es) | %d iterations per epoch",
+             args.model, sum(p.numel() for p in model.parameters()) / 1e6, device,
+             f"autocast {precision.dtype}" if precision.enabled else "fp32",
+             train_batches.batch_size, dist_info.world_size, iters)
+
+    for epoch in range(start_epoch, args.epochs + 1):
+        seed_everything(args.seed + epoch)  # augmentation depends on (seed, epoch) only: resumes exactly
+        train_batches.sampler.set_epoch(epoch)
+        t0 = time.perf_counter()
+        stats = train_one_epoch(runner, train_batches, optimizer, scheduler, scaler, augment, device=device,
+                                precision=precision, loss_weights=weights, channels_last=channels_last,
+                                dist_info=dist_info, desc=f"epoch {epoch}/{args.epochs}")
+        result = evaluate(model, val_batches, normalize, device=device, precision=precision,
+                          channels_last=channels_last, dist_info=dist_info, desc="val")
+        val = summarize(confusion_matrix(result["labels"], result["preds"], len(classes)))
+        record = {"epoch": epoch, **stats, "val_loss": float(result["loss"].mean()), "val_acc": val["accuracy"],
+                  "val_balanced_acc": val["balanced_accuracy"], "val_macro_f1": val["macro_f1"],
+                  "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
+        history.append(record)
+        improved = val["accuracy"] > best
+        if improved:
+            best, best_epoch = val["accuracy"], epoch
+        if dist_info.is_main:
+            ckpt = {"format": "fer-checkpoint", "version": 1, "meta": meta, "state_dict": model.state_dict(),
+                    "criterion": criterion.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
+                    "best_metric": best, "best_epoch": best_epoch, "history": history, "args": vars(args),
+                    "metrics": record}
+            save_checkpoint(ckpt, out / "last.pth")
+            if improved:
+                save_checkpoint(ckpt, out / "best.pth")
+                save_safetensors(model.state_dict(), {**meta, "epoch": epoch, "val_accuracy": best},
+                                 out / "best.safetensors")
+            with open(out / "log.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+            plot_history(history, out / "curves.png")
+            log.info("epoch %d/%d: train loss %.4f acc %.2f%% | val loss %.4f acc %.2f%% balanced %.2f%% | "
+                     "%.0f img/s, %.0fs | best %.2f%% (epoch %d)", epoch, args.epochs, stats["train_loss"],
+                     100 * stats["train_acc"], record["val_loss"], 100 * val["accuracy"],
+                     100 * val["balanced_accuracy"], stats["train_images_per_s"], record["seconds"],
+                     100 * best, best_epoch)
+    if dist_info.is_main:
+        log.info("done: best val accuracy %.2f%% at epoch %d; evaluate with: python3 test.py --checkpoint %s "
+                 "--data %s", 100 * best, best_epoch, out / "best.pth", " ".join(args.data))
+    return {"best_metric": best, "best_epoch": best_epoch, "output": str(out), "history": history}
+
+
+if __name__ == "__main__":
+    run_cli(main, get_args_parser().parse_args())

@@ -1,0 +1,132 @@
+"""The training step, one training epoch and evaluation: the loop reads the same on CPU and GPU."""
+import math
+import time
+from dataclasses import dataclass
+from typing import Dict, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from networks.losses import total_loss
+from utils.distributed import DistInfo, all_gather_cat, all_reduce_sum
+from utils.errors import UserError
+
+
+@dataclass
+class Precision:
+    """Autocast settings: bf16 where the GPU supports it, else fp16 with a GradScaler; off on the CPU."""
+
+    enabled: bool = False
+    dtype: torch.dtype = torch.float32
+
+    @staticmethod
+    def choose(device: torch.device, amp: Optional[bool]) -> "Precision":
+        if device.type != "cuda" or amp is False:
+            return Precision()
+        return Precision(True, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+
+    @property
+    def needs_scaler(self) -> bool:
+        return self.enabled and self.dtype == torch.float16
+
+
+class TrainStep(nn.Module):
+    """Model and criterion as one module, so DDP also averages the criterion's parameters
+    (DAN's class centers) across ranks."""
+
+    def __init__(self, model: nn.Module, criterion: nn.Module):
+        super().__init__()
+        self.model = model
+        self.criterion = criterion
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor):
+        output = self.model(images)
+        return output.logits, self.criterion(output, labels)
+
+
+def train_one_epoch(step: nn.Module, batches, optimizer, scheduler, scaler, augment, *, device: torch.device,
+                    precision: Precision, loss_weights: Dict[str, float], channels_last: bool,
+                    dist_info: DistInfo, desc: str, log_every: int = 10) -> Dict[str, float]:
+    """One pass over `batches`; returns the mean of each loss term, total loss, accuracy and images/s."""
+    step.train()
+    sums: Dict[str, torch.Tensor] = {}
+    correct = torch.zeros((), device=device)
+    seen = torch.zeros((), device=device)
+    start = time.perf_counter()
+    bar = tqdm(batches, desc=desc, unit="batch", dynamic_ncols=True, leave=False, disable=not dist_info.is_main)
+    for i, (images, labels, _, _) in enumerate(bar):
+        images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        x = augment(images)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=precision.dtype, enabled=precision.enabled):
+            logits, losses = step(x, labels)
+        loss = total_loss(losses, loss_weights)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+
+        n = labels.shape[0]
+        for name, value in {**losses, "loss": loss}.items():
+            sums[name] = sums.get(name, torch.zeros((), device=device)) + value.detach().float() * n
+        correct += (logits.detach().argmax(1) == labels).sum()
+        seen += n
+        if i % log_every == 0 or i == len(batches) - 1:
+            mean_loss = (sums["loss"] / seen).item()  # one sync every `log_every` steps
+            if not math.isfinite(mean_loss):
+                raise UserError(f"the training loss became {mean_loss} at step {i} of {desc}; "
+                                f"lower --lr or use --warmup-epochs")
+            rate = seen.item() * dist_info.world_size / (time.perf_counter() - start)
+            bar.set_postfix(loss=f"{mean_loss:.3f}", acc=f"{100 * (correct / seen).item():.1f}%",
+                            img_s=f"{rate:.0f}", lr=f"{optimizer.param_groups[0]['lr']:.2g}")
+    bar.close()
+    totals = torch.stack([seen, correct] + [sums[k] for k in sorted(sums)])
+    totals = all_reduce_sum(totals, dist_info)
+    seen_all = totals[0].item()
+    stats = {f"train_{k}": (v / seen_all).item() for k, v in zip(sorted(sums), totals[2:])}
+    stats["train_acc"] = (totals[1] / seen_all).item()
+    stats["train_images_per_s"] = seen_all / (time.perf_counter() - start)
+    return stats
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, batches, normalize, *, device: torch.device, precision: Precision,
+             channels_last: bool, dist_info: DistInfo, desc: str = "eval",
+             keep_features: bool = False) -> Dict[str, np.ndarray]:
+    """Predict every batch; returns numpy arrays gathered from all ranks, in sample-index order:
+    indices, labels, sources, preds, probs (N, C), loss (N,) and features (N, D) if asked."""
+    model.eval()
+    parts = {k: [] for k in ("indices", "labels", "sources", "probs", "loss", "features")}
+    bar = tqdm(batches, desc=desc, unit="batch", dynamic_ncols=True, leave=False, disable=not dist_info.is_main)
+    for images, labels, sources, indices in bar:
+        x = normalize(images.to(device, non_blocking=True))
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        labels = labels.to(device)
+        with torch.autocast(device.type, dtype=precision.dtype, enabled=precision.enabled):
+            output = model(x)
+        logits = output.logits.float()
+        parts["loss"].append(F.cross_entropy(logits, labels, reduction="none"))
+        parts["probs"].append(logits.softmax(1))
+        parts["labels"].append(labels)
+        parts["sources"].append(sources.to(device))
+        parts["indices"].append(indices.to(device))
+        if keep_features:
+            parts["features"].append(output.features.float())
+    bar.close()
+    result = {}
+    for name, chunks in parts.items():
+        if not chunks:
+            continue
+        gathered = all_gather_cat(torch.cat(chunks), dist_info)
+        result[name] = gathered.cpu().numpy()
+    order = np.argsort(result["indices"], kind="stable")
+    result = {k: v[order] for k, v in result.items()}
+    result["preds"] = result["probs"].argmax(1)
+    return result
