@@ -99,11 +99,13 @@ class TrainAugment:
         top = (torch.rand(b) * (h - eh + 1)).floor()
         left = (torch.rand(b) * (w - ew + 1)).floor()
         apply = torch.rand(b) < c.p_erase
-        rows = torch.arange(h).view(1, h, 1)
-        cols = torch.arange(w).view(1, 1, w)
-        mask = ((rows >= top.view(b, 1, 1)) & (rows < (top + eh).view(b, 1, 1))
-                & (cols >= left.view(b, 1, 1)) & (cols < (left + ew).view(b, 1, 1)) & apply.view(b, 1, 1))
-        return x.masked_fill(mask.unsqueeze(1).to(x.device), 0.0)
+        # Rectangles are drawn on the CPU (a few numbers), the mask is built where the images are.
+        box = torch.stack([top, top + eh, left, left + ew], 1).to(x.device).view(b, 4, 1, 1)
+        rows = torch.arange(h, device=x.device).view(1, h, 1)
+        cols = torch.arange(w, device=x.device).view(1, 1, w)
+        mask = ((rows >= box[:, 0]) & (rows < box[:, 1]) & (cols >= box[:, 2]) & (cols < box[:, 3])
+                & apply.to(x.device).view(b, 1, 1))
+        return x.masked_fill(mask.unsqueeze(1), 0.0)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         x = images.float() / 255.0

@@ -147,17 +147,18 @@ def read_manifest(root: Path) -> dict[str, dict]:
         return {row["path"]: row for row in reader}
 
 
-def check_destination(dst: Path, sources: list[Path]) -> None:
+def check_destination(dst: Path, scanned: list[Path]) -> None:
     """Refuse a destination that holds something other than a prepared dataset.
 
     Re-running replaces an earlier output of this tool (it has a manifest.csv), never
-    a folder of the user's own files.
+    a folder of the user's own files. `scanned` are the source folders read as a whole
+    (a prepared dataset inside one would be read back in on the next run).
     """
     if dst.exists() and not dst.is_dir():
         raise UserError(f"--dst {dst} is a file: give a folder to create")
     if dst.is_dir() and any(dst.iterdir()) and not (dst / MANIFEST).is_file():
         raise UserError(f"--dst {dst} is not empty and is not a prepared dataset: give a new folder")
-    for src in sources:
+    for src in scanned:
         if dst.resolve() == src.resolve() or src.resolve() in dst.resolve().parents:
             raise UserError(f"--dst {dst} is inside --src {src}: write the prepared dataset elsewhere")
 

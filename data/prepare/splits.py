@@ -4,7 +4,6 @@ Carving is stratified by class and seeded, so the same arguments give the same s
 Where subjects are known, a subject's images all land in one split (and one fold).
 """
 import csv
-import math
 import random
 from collections import Counter, defaultdict
 from dataclasses import dataclass, replace
@@ -60,32 +59,39 @@ def assign_splits(samples: list[Sample], options: SplitOptions, problems: Proble
 
 def _hold_out_test(samples: list[Sample], options: SplitOptions, problems: Problems) -> list[Sample]:
     if options.folds_csv:
-        fold_of = read_folds_csv(options.folds_csv, problems)
-        if options.fold not in set(fold_of.values()):
-            raise UserError(f"--fold {options.fold} is not a fold of {options.folds_csv}: "
-                            f"pick one of {sorted(set(fold_of.values()))}")
-        kept = []
-        for sample in samples:
-            if sample.subject not in fold_of:
-                problems.report(sample.original, f"subject {sample.subject!r} is not in {options.folds_csv}")
-                continue
-            kept.append(sample)
-        folds = [fold_of[s.subject] for s in kept]
-        samples = kept
+        samples, held_out = _folds_from_csv(samples, options, problems)
     elif options.folds:
         if options.folds < 2 or not 0 <= options.fold < options.folds:
             raise UserError(f"--folds {options.folds} --fold {options.fold}: need folds >= 2 and 0 <= fold < folds")
         folds = split_bins(samples, [1 / options.folds] * options.folds, random.Random(f"{options.seed}-folds"))
+        held_out = [fold == options.fold for fold in folds]
+    elif options.fold:
+        raise UserError("--fold needs --folds K or --folds-csv FILE")
     elif options.test_fraction > 0:
         shares = [1 - options.test_fraction, options.test_fraction]
-        parts = split_bins(samples, shares, random.Random(f"{options.seed}-test"))
-        folds = [0 if part == 1 else 1 for part in parts]  # the held-out part plays fold 0
+        held_out = [part == 1 for part in split_bins(samples, shares, random.Random(f"{options.seed}-test"))]
     else:
-        folds = [None] * len(samples)
-    test_fold = options.fold if (options.folds or options.folds_csv) else 0
-    for sample, fold in zip(samples, folds):
-        sample.split = "test" if fold == test_fold else "train"
+        held_out = [False] * len(samples)
+    for sample, out in zip(samples, held_out):
+        sample.split = "test" if out else "train"
     return samples
+
+
+def _folds_from_csv(samples: list[Sample], options: SplitOptions, problems: Problems):
+    """(samples whose subject has a fold, whether each is in the held-out fold)."""
+    if not all(s.subject for s in samples):
+        raise UserError("--folds-csv needs each image's subject: pass --subject-regex (e.g. '^(S\\d+)_')")
+    fold_of = read_folds_csv(options.folds_csv, problems)
+    if options.fold not in set(fold_of.values()):
+        raise UserError(f"--fold {options.fold} is not a fold of {options.folds_csv}: "
+                        f"pick one of {sorted(set(fold_of.values()))}")
+    kept = []
+    for sample in samples:
+        if sample.subject in fold_of:
+            kept.append(sample)
+        else:
+            problems.report(sample.original, f"subject {sample.subject!r} is not in {options.folds_csv}")
+    return kept, [fold_of[s.subject] == options.fold for s in kept]
 
 
 def read_folds_csv(path: Path, problems: Problems) -> dict[str, int]:
@@ -121,54 +127,76 @@ def split_bins(samples: list[Sample], shares: list[float], rng: random.Random) -
 
 
 def _image_bins(labels: list[str], shares: list[float], rng: random.Random) -> list[int]:
+    """Deal images class by class (each class shuffled), each to the bin furthest below its share.
+
+    Dealing the classes one after another in a single pass keeps every class within one
+    image of its shares and the totals exact, even for classes too small to give every
+    bin an image.
+    """
     by_class = defaultdict(list)
     for i, label in enumerate(labels):
         by_class[label].append(i)
-    bins, offset = [0] * len(labels), 0
+    bins, filled, dealt = [0] * len(labels), [0] * len(shares), 0
     for label in sorted(by_class):
         members = by_class[label]
         rng.shuffle(members)
-        start = 0
-        for b, quota in enumerate(_apportion(len(members), shares, offset)):
-            for i in members[start:start + quota]:
-                bins[i] = b
-            start += quota
-        offset += 1  # rotate who gets the rounding, so folds stay the same size
-    return bins
-
-
-def _apportion(n: int, shares: list[float], offset: int) -> list[int]:
-    """Split n into whole quotas proportional to shares (largest remainder; ties rotate)."""
-    exact = [n * share for share in shares]
-    quotas = [math.floor(x + 1e-9) for x in exact]
-    order = sorted(range(len(shares)), key=lambda b: (-(exact[b] - quotas[b]), (b - offset) % len(shares)))
-    for b in order[:n - sum(quotas)]:
-        quotas[b] += 1
-    return quotas
-
-
-def _subject_bins(samples: list[Sample], shares: list[float], rng: random.Random) -> list[int]:
-    groups = defaultdict(list)
-    for i, sample in enumerate(samples):
-        groups[sample.subject or f"\0{i}"].append(i)
-    keys = sorted(groups)
-    rng.shuffle(keys)
-    keys.sort(key=lambda k: -len(groups[k]))  # big subjects first pack best; equal sizes stay shuffled
-    totals = Counter(s.label for s in samples)
-    targets = [{label: share * n for label, n in totals.items()} for share in shares]
-    filled = [Counter() for _ in shares]
-    bins = [0] * len(samples)
-    for key in keys:
-        counts = Counter(samples[i].label for i in groups[key])
-        best = min(range(len(shares)), key=lambda b: (
-            _added_error(filled[b], targets[b], counts),
-            sum(filled[b].values()) / (shares[b] * len(samples)) if shares[b] else math.inf))
-        filled[best].update(counts)
-        for i in groups[key]:
+        for i in members:
+            dealt += 1
+            best = max(range(len(shares)), key=lambda b: (shares[b] * dealt - filled[b], -b))
+            filled[best] += 1
             bins[i] = best
     return bins
 
 
-def _added_error(filled: Counter, target: dict, counts: Counter) -> float:
-    """How much adding `counts` to a bin moves its class counts away from the target."""
-    return sum(abs(filled[c] + n - target[c]) - abs(filled[c] - target[c]) for c, n in counts.items())
+def _subject_bins(samples: list[Sample], shares: list[float], rng: random.Random) -> list[int]:
+    """Deal whole subjects, biggest first (shuffled among equals), each to the bin it fits best.
+
+    "Fits best" is the smallest rise in a chi-square distance between each bin's counts
+    and its share: of every class, and of the total, so that small bins are filled too.
+    """
+    groups = defaultdict(list)
+    for i, sample in enumerate(samples):
+        groups[f"{sample.source}/{sample.subject}" if sample.subject else f"\0{i}"].append(i)
+    keys = sorted(groups)
+    rng.shuffle(keys)
+    keys.sort(key=lambda k: -len(groups[k]))  # stable: equal sizes stay shuffled
+    totals = Counter(s.label for s in samples)
+    totals[None] = len(samples)  # the bin's size, as one more "class"
+    filled = [Counter() for _ in shares]
+    chosen = {}
+    for key in keys:
+        counts = Counter(samples[i].label for i in groups[key])
+        counts[None] = len(groups[key])
+        chosen[key] = min((b for b, share in enumerate(shares) if share > 0),
+                          key=lambda b: _chi_square_rise(filled[b], counts, shares[b], totals))
+        filled[chosen[key]].update(counts)
+    _fill_empty_bins(chosen, groups, shares)
+    bins = [0] * len(samples)
+    for key, b in chosen.items():
+        for i in groups[key]:
+            bins[i] = b
+    return bins
+
+
+def _fill_empty_bins(chosen: dict, groups: dict, shares: list[float]) -> None:
+    """Give each empty bin with a share the smallest subject of the fullest bin.
+
+    With few, large subjects the best fit can leave a small bin (val/) empty; an empty
+    val/ is worse than a slightly uneven one.
+    """
+    for b, share in enumerate(shares):
+        members = Counter(chosen.values())
+        donors = [d for d in members if members[d] > 1]
+        if share <= 0 or members[b] or not donors:
+            continue
+        size = Counter()
+        for key, d in chosen.items():
+            size[d] += len(groups[key])
+        donor = max(donors, key=lambda d: (size[d], -d))
+        smallest = min((key for key, d in chosen.items() if d == donor), key=lambda k: len(groups[k]))
+        chosen[smallest] = b
+
+
+def _chi_square_rise(filled: Counter, counts: Counter, share: float, totals: Counter) -> float:
+    """Rise of sum (filled - target)^2 / target over classes when `counts` join the bin (halved)."""
+    return sum(n * (filled[c] + n / 2 - share * totals[c]) / (share * totals[c]) for c, n in counts.items())

@@ -1,0 +1,144 @@
+"""`fer2013`: FER2013's `fer2013.csv` (or Kaggle's `icml_face_data.csv`), optionally relabelled by FER+.
+
+Each row holds an emotion (0-6), 48x48 grey pixels and a Usage: Training, PublicTest and
+PrivateTest become train/, val/ and test/. Images are written as PNG, so pixels survive exactly.
+With --ferplus `fer2013new.csv` (10 annotator votes per row, same row order), each image
+takes the label with the most votes; images whose top vote is unknown or not-a-face, or
+is tied, are dropped.
+"""
+import csv
+from functools import partial
+from pathlib import Path
+
+from PIL import Image
+from tqdm import tqdm
+
+from data.classes import normalize_class_name
+from data.prepare.common import Problems, Sample
+from utils.errors import UserError
+
+LABELS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+USAGE = {"Training": "train", "PublicTest": "val", "PrivateTest": "test"}
+SIZE = 48
+_CSV_NAMES = ("fer2013.csv", "icml_face_data.csv", "fer2013/fer2013.csv")
+_FERPLUS_VOTES = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt",
+                  "unknown", "NF")
+
+
+def add_arguments(parser) -> None:
+    """Options of the `fer2013` kind."""
+    parser.add_argument("--ferplus", default=None,
+                        help="FER+ fer2013new.csv: relabel each image by its annotators' majority (8 classes)")
+
+
+def read(args, problems: Problems) -> list[Sample]:
+    """Samples of fer2013.csv, labelled by FER2013 or, with --ferplus, by FER+."""
+    path = _csv_path(Path(args.src))
+    samples = read_csv(path, problems)
+    if args.ferplus:
+        samples = relabel_ferplus(samples, Path(args.ferplus), problems)
+    return [s for s in samples if s is not None]
+
+
+def _csv_path(src: Path) -> Path:
+    if src.is_file():
+        return src
+    for name in _CSV_NAMES:
+        if (src / name).is_file():
+            return src / name
+    raise UserError(f"no fer2013.csv or icml_face_data.csv at {src}: give the CSV file or its folder as --src")
+
+
+def read_csv(path: Path, problems: Problems) -> list:
+    """One entry per data row, in file order: a Sample, or None for a bad row (reported)."""
+    samples = []
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        header = [name.strip() for name in next(reader, [])]
+        if not {"emotion", "pixels"} <= set(header):
+            raise UserError(f"{path} needs the columns emotion and pixels (and Usage); it has {header}")
+        column = {name: i for i, name in enumerate(header)}
+        for index, row in enumerate(tqdm(reader, desc=path.name, unit="row", disable=None)):
+            samples.append(_parse_row(row, column, index, f"{path}:{reader.line_num}", problems))
+    return samples
+
+
+def _parse_row(row: list[str], column: dict, index: int, where: str, problems: Problems):
+    if len(row) != len(column):
+        problems.report(where, f"expected {len(column)} fields, found {len(row)}")
+        return None
+    emotion = row[column["emotion"]].strip()
+    if not emotion.isdigit() or int(emotion) >= len(LABELS):
+        problems.report(where, f"emotion {emotion!r} is outside 0-6")
+        return None
+    usage = row[column["Usage"]].strip() if "Usage" in column else "Training"
+    if usage not in USAGE:
+        problems.report(where, f"Usage {usage!r} is none of {', '.join(USAGE)}")
+        return None
+    try:
+        pixels = bytes(map(int, row[column["pixels"]].split()))
+    except ValueError:
+        problems.report(where, "pixels must be whole numbers 0-255 separated by spaces")
+        return None
+    if len(pixels) != SIZE * SIZE:
+        problems.report(where, f"expected {SIZE * SIZE} pixels, found {len(pixels)}")
+        return None
+    # FER+ names the image of data row i fer{i:07d}.png; the same name links the two files.
+    return Sample(name=f"fer{index:07d}.png", label=LABELS[int(emotion)], split=USAGE[usage],
+                  source="fer2013", original=where, load=partial(pixels_to_image, pixels))
+
+
+def pixels_to_image(pixels: bytes) -> Image.Image:
+    """A 48x48 grey image from its 2,304 pixel values, row by row."""
+    return Image.frombytes("L", (SIZE, SIZE), pixels)
+
+
+def relabel_ferplus(samples: list, path: Path, problems: Problems) -> list:
+    """Replace FER2013 labels by the FER+ majority vote of the same row."""
+    votes = _read_ferplus(path, problems)
+    if len(votes) != len(samples):
+        raise UserError(f"{path} has {len(votes)} rows but the FER2013 CSV has {len(samples)}: "
+                        "give the fer2013new.csv that goes with this fer2013.csv")
+    relabelled = []
+    for sample, vote in zip(samples, votes):
+        label = _majority(vote, problems) if sample is not None and vote is not None else None
+        if label is not None:
+            sample.label, sample.source = label, "ferplus"
+            relabelled.append(sample)
+    return relabelled
+
+
+def _read_ferplus(path: Path, problems: Problems) -> list:
+    if not path.is_file():
+        raise UserError(f"--ferplus {path} does not exist: give FER+'s fer2013new.csv")
+    votes = []
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = set(_FERPLUS_VOTES) - set(reader.fieldnames or ())
+        if missing:
+            raise UserError(f"{path} lacks the vote columns {sorted(missing)}: is it FER+'s fer2013new.csv?")
+        for row in reader:
+            try:
+                count = {name: int(row[name]) for name in _FERPLUS_VOTES}
+            except (TypeError, ValueError):
+                problems.report(f"{path}:{reader.line_num}", "votes must be whole numbers")
+                votes.append(None)
+                continue
+            votes.append(count if (row.get("Image name") or "").strip() else {})
+    return votes
+
+
+def _majority(votes: dict, problems: Problems):
+    """The label with the most votes, or None (counted) for none, a tie, unknown or not-a-face."""
+    if not votes:
+        problems.drop("not in FER+")
+        return None
+    top = max(votes.values())
+    winners = [name for name, n in votes.items() if n == top]
+    if len(winners) > 1:
+        problems.drop("FER+ tie")
+        return None
+    if winners[0] in ("unknown", "NF"):
+        problems.drop(f"FER+ majority {winners[0]}")
+        return None
+    return normalize_class_name(winners[0])

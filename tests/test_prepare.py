@@ -1,0 +1,643 @@
+"""Tests of data/prepare: each official layout is built in tmp_path with PIL, then converted."""
+import csv
+import itertools
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from data.prepare import fer2013
+from data.prepare.audit import audit, format_report
+from data.prepare.cli import main
+from utils.errors import UserError
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO / ".." / "shared" / "data"
+_seeds = itertools.count()
+
+
+# ---------------------------------------------------------------- helpers
+
+def _image(path: Path, size=(16, 16), mode="RGB") -> Path:
+    """Save a noise image no other test image equals (nor nearly equals)."""
+    rng = np.random.default_rng(next(_seeds))
+    channels = {"RGB": 3, "L": 1}[mode]
+    pixels = rng.integers(0, 256, (size[1], size[0], channels), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels.squeeze(-1) if channels == 1 else pixels, mode).save(path)
+    return path
+
+
+def _prepare(*argv) -> int:
+    return main([str(a) for a in argv])
+
+
+def _manifest(root: Path) -> list[dict]:
+    with open(root / "manifest.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _layout(root: Path) -> Counter:
+    """(split, class) → number of files, read from the folders themselves."""
+    return Counter(tuple(p.relative_to(root).parts[:2]) for p in root.glob("*/*/*") if p.is_file())
+
+
+def _split_sizes(root: Path) -> Counter:
+    return Counter(p.relative_to(root).parts[0] for p in root.glob("*/*/*") if p.is_file())
+
+
+def _files(root: Path) -> dict:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _subjects_by_split(root: Path) -> dict:
+    subjects = defaultdict(set)
+    for row in _manifest(root):
+        subjects[row["split"]].add(row["subject"])
+    return subjects
+
+
+def _class_folders(root: Path, classes: dict, subjects=("S001", "S002", "S003", "S004", "S005"), per=2) -> Path:
+    """`root/<class>/<subject>_<n>.png` for each folder name → image count per subject."""
+    for folder, _ in classes.items():
+        for subject in subjects:
+            for n in range(per):
+                _image(root / folder / f"{subject}_{n:03d}.png", mode="L")
+    return root
+
+
+# ---------------------------------------------------------------- rafdb
+
+def _rafdb(root: Path, lines: list[str], original=False) -> Path:
+    (root / "EmoLabel").mkdir(parents=True)
+    (root / "EmoLabel" / "list_patition_label.txt").write_text("\n".join(lines) + "\n")
+    for line in lines:
+        name = line.split()[0]
+        if name.endswith(".jpg") and "missing" not in name:
+            stem = name[:-4]
+            _image(root / "Image" / "aligned" / f"{stem}_aligned.jpg")
+            if original:
+                _image(root / "Image" / "original" / name)
+    return root
+
+
+def _rafdb_lines(train=40, test=7) -> list[str]:
+    lines = [f"train_{i:05d}.jpg {i % 7 + 1}" for i in range(1, train + 1)]
+    return lines + [f"test_{i:04d}.jpg {i % 7 + 1}" for i in range(1, test + 1)]
+
+
+def test_rafdb_maps_labels_keeps_test_and_carves_val(tmp_path):
+    src = _rafdb(tmp_path / "raf", _rafdb_lines())
+    _prepare("rafdb", "--src", src, "--dst", tmp_path / "out")
+    rows = {row["original"].rsplit("/", 1)[-1]: row for row in _manifest(tmp_path / "out")}
+    # 1-7 = surprise, fear, disgust, happy, sad, angry, neutral
+    assert rows["train_00007_aligned.jpg"]["class"] == "surprise"  # 7 % 7 + 1 = 1
+    assert rows["train_00005_aligned.jpg"]["class"] == "angry"  # label 6
+    assert rows["train_00006_aligned.jpg"]["class"] == "neutral"  # label 7
+    assert rows["test_0003_aligned.jpg"]["split"] == "test"
+    sizes = _split_sizes(tmp_path / "out")
+    assert sizes == {"train": 36, "val": 4, "test": 7}
+    assert {row["source"] for row in rows.values()} == {"rafdb"}
+    assert not any(row["split"] == "val" and row["original"].rsplit("/", 1)[-1].startswith("test")
+                   for row in rows.values())
+
+
+def test_rafdb_original_images(tmp_path):
+    src = _rafdb(tmp_path / "raf", _rafdb_lines(10, 2), original=True)
+    _prepare("rafdb", "--src", src, "--dst", tmp_path / "out", "--original")
+    assert all("/Image/original/" in row["original"] for row in _manifest(tmp_path / "out"))
+
+
+def test_rafdb_bad_lines_are_skipped_or_fatal_with_strict(tmp_path, caplog):
+    lines = _rafdb_lines(10, 2) + ["train_00098.jpg 9", "a line without a label", "train_missing.jpg 1"]
+    src = _rafdb(tmp_path / "raf", lines)
+    _prepare("rafdb", "--src", src, "--dst", tmp_path / "out")
+    assert sum(_split_sizes(tmp_path / "out").values()) == 12
+    assert "list_patition_label.txt:13: label 9 is outside 1-7" in caplog.text
+    assert "list_patition_label.txt:14" in caplog.text and "list_patition_label.txt:15" in caplog.text
+    assert "skipped 3 bad items" in caplog.text
+    with pytest.raises(UserError, match=r"list_patition_label.txt:13"):
+        _prepare("rafdb", "--src", src, "--dst", tmp_path / "strict", "--strict")
+    assert not (tmp_path / "strict").exists()
+
+
+def test_rafdb_wrong_folder_says_what_to_do(tmp_path):
+    (tmp_path / "raf").mkdir()
+    with pytest.raises(UserError, match="point --src at"):
+        _prepare("rafdb", "--src", tmp_path / "raf", "--dst", tmp_path / "out")
+
+
+# ---------------------------------------------------------------- affectnet
+
+_AFFECTNET_HEADER = ["subDirectory_filePath", "face_x", "face_y", "face_width", "face_height",
+                     "facial_landmarks", "expression", "valence", "arousal"]
+
+
+def _affectnet_csv(path: Path, rows: list[list]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(_AFFECTNET_HEADER)
+        writer.writerows(rows)
+
+
+def _affectnet_manual(root: Path) -> Path:
+    images = root / "Manually_Annotated_Images"
+    train, val = [], []
+    for code in range(11):  # 0-7 expressions, 8-10 none / uncertain / no face
+        for k in range(2):
+            rel = f"{code + 1}/img_{code}_{k}.jpg"
+            _image(images / rel, size=(64, 48))
+            train.append([rel, 4, 6, 32, 24, "1.0;2.0;3.0", code, 0.1, -0.2])
+    for code in range(8):
+        rel = f"900/val_{code}.jpg"
+        _image(images / rel, size=(64, 48))
+        val.append([rel, 0, 0, 100, 100, "", code, 0, 0])  # box larger than the image: clipped
+    train.append(["1/img_0_0.jpg", "x", 0, 10, 10, "", 1, 0, 0])  # malformed
+    train.append(["1/img_0_1.jpg", 0, 0, 10, 10, "", 12, 0, 0])  # out of range
+    _affectnet_csv(root / "training.csv", train)
+    _affectnet_csv(root / "validation.csv", val)
+    return root
+
+
+def test_affectnet_manual_crops_maps_and_drops(tmp_path, caplog):
+    src = _affectnet_manual(tmp_path / "affectnet")
+    _prepare("affectnet", "--src", src, "--dst", tmp_path / "out")
+    rows = _manifest(tmp_path / "out")
+    by_name = {Path(row["original"]).name: row for row in rows}
+    # 0-7 = neutral, happy, sad, surprise, fear, disgust, anger, contempt
+    assert by_name["img_6_0.jpg"]["class"] == "angry"
+    assert by_name["img_7_1.jpg"]["class"] == "contempt"
+    assert by_name["val_3.jpg"]["split"] == "test"
+    assert not any(name.startswith(("img_8", "img_9", "img_10")) for name in by_name)
+    assert _split_sizes(tmp_path / "out") == {"train": 14, "val": 2, "test": 8}
+    crop = Image.open(tmp_path / "out" / by_name["img_1_0.jpg"]["path"])
+    assert crop.size == (32, 24)
+    assert Image.open(tmp_path / "out" / by_name["val_0.jpg"]["path"]).size == (64, 48)
+    assert "training.csv:24: malformed row" in caplog.text
+    assert "training.csv:25: expression 12 is outside 0-10" in caplog.text
+    info = json.loads((tmp_path / "out" / "prepare.json").read_text())
+    assert info["dropped"] == {"expression 10, no face": 2, "expression 8, none": 2, "expression 9, uncertain": 2}
+
+
+def test_affectnet_seven_classes_drop_contempt(tmp_path):
+    src = _affectnet_manual(tmp_path / "affectnet")
+    _prepare("affectnet", "--src", src, "--dst", tmp_path / "out", "--classes", "7")
+    assert "contempt" not in {row["class"] for row in _manifest(tmp_path / "out")}
+    assert sum(_split_sizes(tmp_path / "out").values()) == 14 + 7
+
+
+def test_affectnet_small_release(tmp_path):
+    src = tmp_path / "affectnet"
+    for folder, count in (("train_set", 16), ("val_set", 8)):
+        (src / folder / "annotations").mkdir(parents=True)
+        for i in range(count):
+            _image(src / folder / "images" / f"{i}.jpg", size=(24, 24))
+            np.save(src / folder / "annotations" / f"{i}_exp.npy", np.array(str(i % 8)))
+    _prepare("affectnet", "--src", src, "--dst", tmp_path / "out")
+    rows = {(row["split"] != "test", Path(row["original"]).name): row for row in _manifest(tmp_path / "out")}
+    assert rows[(True, "3.jpg")]["class"] == "surprise"
+    assert rows[(False, "6.jpg")]["class"] == "angry"
+    assert _split_sizes(tmp_path / "out") == {"train": 14, "val": 2, "test": 8}
+
+
+# ---------------------------------------------------------------- fer2013
+
+def _pixels(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (48, 48), dtype=np.uint8)
+
+
+def _fer_csv(path: Path, rows: list[tuple], icml=False) -> Path:
+    """rows: (emotion, pixels (48, 48) or a raw string, usage)."""
+    def text(p):
+        return p if isinstance(p, str) else " ".join(map(str, p.ravel()))
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        if icml:  # Kaggle's variant: another column order, names with a leading space
+            writer.writerow(["emotion", " Usage", " pixels"])
+            writer.writerows([e, u, text(p)] for e, p, u in rows)
+        else:
+            writer.writerow(["emotion", "pixels", "Usage"])
+            writer.writerows([e, text(p), u] for e, p, u in rows)
+    return path
+
+
+def _fer_rows() -> list[tuple]:
+    usages = ["Training"] * 14 + ["PublicTest"] * 4 + ["PrivateTest"] * 3
+    return [(i % 7, _pixels(i), usage) for i, usage in enumerate(usages)]
+
+
+@pytest.mark.parametrize("icml", [False, True])
+def test_fer2013_csv_pixels_labels_and_usage(tmp_path, icml):
+    rows = _fer_rows()
+    src = _fer_csv(tmp_path / ("icml_face_data.csv" if icml else "fer2013.csv"), rows, icml=icml)
+    _prepare("fer2013", "--src", tmp_path, "--dst", tmp_path / "out")
+    assert _split_sizes(tmp_path / "out") == {"train": 14, "val": 4, "test": 3}
+    for row in _manifest(tmp_path / "out"):
+        index = int(Path(row["path"]).stem[3:])
+        emotion, pixels, usage = rows[index]
+        assert row["class"] == fer2013.LABELS[emotion]  # 0-6 = angry, disgust, fear, happy, sad, surprise, neutral
+        assert row["split"] == fer2013.USAGE[usage]
+        assert row["original"] == f"{src}:{index + 2}"
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / row["path"])), pixels)
+
+
+def test_fer2013_bad_rows_are_reported_with_their_line(tmp_path, caplog):
+    rows = _fer_rows()
+    rows[2] = (3, "1 2 3", "Training")
+    rows[5] = (9, _pixels(5), "Training")
+    rows[7] = (1, _pixels(7), "Validation")
+    src = _fer_csv(tmp_path / "fer2013.csv", rows)
+    _prepare("fer2013", "--src", src, "--dst", tmp_path / "out")
+    assert f"{src}:4: expected 2304 pixels, found 3" in caplog.text
+    assert f"{src}:7: emotion '9' is outside 0-6" in caplog.text
+    assert f"{src}:9: Usage 'Validation'" in caplog.text
+    assert sum(_split_sizes(tmp_path / "out").values()) == 18
+    with pytest.raises(UserError, match=r"fer2013.csv:4: expected 2304 pixels"):
+        _prepare("fer2013", "--src", src, "--dst", tmp_path / "strict", "--strict")
+
+
+def test_ferplus_majority_relabels_and_drops(tmp_path):
+    rows = _fer_rows()[:7]
+    _fer_csv(tmp_path / "fer2013.csv", rows)
+    header = ["Usage", "Image name", "neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear",
+              "contempt", "unknown", "NF"]
+    votes = [[0, 8, 1, 0, 0, 0, 0, 0, 1, 0],  # happy
+             [1, 0, 0, 0, 0, 0, 0, 0, 9, 0],  # unknown: dropped
+             [0, 0, 0, 0, 0, 0, 0, 0, 0, 10],  # not a face: dropped
+             [5, 5, 0, 0, 0, 0, 0, 0, 0, 0],  # tie: dropped
+             [0, 0, 0, 3, 0, 0, 0, 7, 0, 0],  # contempt
+             [0, 0, 0, 6, 4, 0, 0, 0, 0, 0],  # sad
+             [10, 0, 0, 0, 0, 0, 0, 0, 0, 0]]  # not in FER+ (no image name): dropped
+    with open(tmp_path / "fer2013new.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        for i, vote in enumerate(votes):
+            writer.writerow(["Training", "" if i == 6 else f"fer{i:07d}.png"] + vote)
+    _prepare("fer2013", "--src", tmp_path / "fer2013.csv", "--dst", tmp_path / "out",
+             "--ferplus", tmp_path / "fer2013new.csv", "--val-fraction", "0")
+    labels = {Path(row["path"]).name: row["class"] for row in _manifest(tmp_path / "out")}
+    assert labels == {"fer0000000.png": "happy", "fer0000004.png": "contempt", "fer0000005.png": "sad"}
+    assert {row["source"] for row in _manifest(tmp_path / "out")} == {"ferplus"}
+
+
+# ---------------------------------------------------------------- ckplus
+
+def _ckplus_release(root: Path, subjects=8, sequences=2, frames=6) -> Path:
+    for s in range(1, subjects + 1):
+        subject = f"S{s:03d}"
+        for q in range(1, sequences + 1):
+            sequence = f"{q:03d}"
+            for f in range(1, frames + 1):
+                _image(root / "cohn-kanade-images" / subject / sequence / f"{subject}_{sequence}_{f:08d}.png", mode="L")
+            if (s + q) % 4 == 0:
+                continue  # an unlabelled sequence, as most CK+ sequences are
+            emotion = root / "Emotion" / subject / sequence / f"{subject}_{sequence}_{frames:08d}_emotion.txt"
+            emotion.parent.mkdir(parents=True, exist_ok=True)
+            emotion.write_text(f"   {(s + q) % 7 + 1:.7e}\n")
+    return root
+
+
+def test_ckplus_release_last_frames_neutral_and_subjects(tmp_path):
+    src = _ckplus_release(tmp_path / "ck")
+    labelled = sum(1 for _ in (src / "Emotion").glob("*/*/*.txt"))
+    _prepare("ckplus", "--src", src, "--dst", tmp_path / "out", "--neutral", "--frames", "2")
+    rows = _manifest(tmp_path / "out")
+    assert len(rows) == labelled * 3
+    neutral = [row for row in rows if row["class"] == "neutral"]
+    assert len(neutral) == labelled and all(row["path"].endswith("_00000001.png") for row in neutral)
+    # codes 0-7 = neutral, anger, contempt, disgust, fear, happy, sadness, surprise; S001/001 has (1+1)%7+1 = 3
+    peak = [row for row in rows if "S001_001_0000000" in row["path"] and row["class"] != "neutral"]
+    assert {row["class"] for row in peak} == {"disgust"} and len(peak) == 2
+    assert all(row["subject"] == Path(row["path"]).name[:4] for row in rows)
+    subjects = _subjects_by_split(tmp_path / "out")
+    assert set(subjects) == {"train", "val", "test"}
+    assert not (subjects["train"] & subjects["val"] or subjects["train"] & subjects["test"]
+                or subjects["val"] & subjects["test"])
+
+
+def test_ckplus_bad_emotion_file(tmp_path, caplog):
+    src = _ckplus_release(tmp_path / "ck")
+    bad = next((src / "Emotion").glob("*/*/*.txt"))
+    bad.write_text("9.0000000e+00\n")
+    _prepare("ckplus", "--src", src, "--dst", tmp_path / "out")
+    assert f"{bad}:1: emotion code 9 is outside 0-7" in caplog.text
+
+
+def test_ckplus48_layout(tmp_path):
+    subjects = [f"S{i:03d}" for i in range(10)]
+    _class_folders(tmp_path / "ck" / "CK+48", {"anger": 0, "sadness": 0, "happy": 0}, subjects=subjects)
+    _prepare("ckplus", "--src", tmp_path / "ck", "--dst", tmp_path / "out", "--folds", "5", "--fold", "2")
+    layout = _layout(tmp_path / "out")
+    assert {label for _, label in layout} == {"angry", "sad", "happy"}
+    subjects = _subjects_by_split(tmp_path / "out")
+    assert len(subjects["test"]) == 2 and not subjects["test"] & subjects["train"]
+
+
+# ---------------------------------------------------------------- folder, splits, writing
+
+def test_folder_folds_are_subject_disjoint_and_cover_every_subject(tmp_path):
+    subjects = [f"P{i:02d}" for i in range(10)]
+    src = _class_folders(tmp_path / "jaffe", {"Happy": 0, "Fear": 0, "surprised": 0}, subjects=subjects)
+    test_subjects = []
+    for fold in range(5):
+        dst = tmp_path / f"fold{fold}"
+        _prepare("folder", "--src", src, "--dst", dst, "--subject-regex", r"^(P\d+)_", "--folds", "5",
+                 "--fold", fold)
+        by_split = _subjects_by_split(dst)
+        assert not (by_split["train"] & by_split["test"] or by_split["train"] & by_split["val"]
+                    or by_split["val"] & by_split["test"])
+        test_subjects += sorted(by_split["test"])
+    assert sorted(test_subjects) == subjects  # each subject is tested in exactly one fold
+    assert {label for _, label in _layout(tmp_path / "fold0")} == {"happy", "fear", "surprise"}
+
+
+def test_folder_folds_csv_with_val_is_test(tmp_path):
+    subjects = [f"S{i:03d}" for i in range(6)]
+    src = _class_folders(tmp_path / "all", {"angry": 0, "happy": 0}, subjects=subjects)
+    (tmp_path / "folds.csv").write_text("subject,fold\n" + "".join(f"{s},{i % 3}\n" for i, s in enumerate(subjects)))
+    dst = tmp_path / "out"
+    _prepare("folder", "--src", src, "--dst", dst, "--subject-regex", r"^(S\d+)_", "--folds-csv",
+             tmp_path / "folds.csv", "--fold", "1", "--val-is-test")
+    by_split = _subjects_by_split(dst)
+    assert by_split["test"] == by_split["val"] == {"S001", "S004"}
+    assert by_split["train"] == {"S000", "S002", "S003", "S005"}
+    assert _files(dst / "val") == _files(dst / "test")
+
+
+def test_folder_without_subjects_is_stratified(tmp_path):
+    src = tmp_path / "photos"
+    for label, count in (("happy", 40), ("sad", 20)):
+        for i in range(count):
+            _image(src / label / f"{i}.jpg")
+    _prepare("folder", "--src", src, "--dst", tmp_path / "out", "--test-fraction", "0.25", "--val-fraction", "0.2")
+    layout = _layout(tmp_path / "out")
+    assert layout[("test", "happy")] == 10 and layout[("test", "sad")] == 5
+    assert layout[("val", "happy")] == 6 and layout[("val", "sad")] == 3
+    assert {row["source"] for row in _manifest(tmp_path / "out")} == {"photos"}
+
+
+def test_rerun_gives_the_same_files_and_the_seed_changes_them(tmp_path):
+    src = _rafdb(tmp_path / "raf", _rafdb_lines())
+    _prepare("rafdb", "--src", src, "--dst", tmp_path / "a")
+    first = _files(tmp_path / "a")
+    _prepare("rafdb", "--src", src, "--dst", tmp_path / "a")
+    assert _files(tmp_path / "a") == first
+    _prepare("rafdb", "--src", src, "--dst", tmp_path / "b", "--seed", "1")
+    assert {p for p in _files(tmp_path / "b") if p.startswith("val/")} != {p for p in first if p.startswith("val/")}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "raf"]  # no temporary folders left
+
+
+def test_failure_leaves_the_previous_dataset_untouched(tmp_path):
+    src = _class_folders(tmp_path / "src", {"happy": 0, "sad": 0})
+    _prepare("folder", "--src", src, "--dst", tmp_path / "out")
+    before = _files(tmp_path / "out")
+    (src / "sad" / "S003_000.png").write_bytes(b"not an image")
+    with pytest.raises(UserError, match=r"S003_000.png: unreadable image"):
+        _prepare("folder", "--src", src, "--dst", tmp_path / "out", "--strict")
+    assert _files(tmp_path / "out") == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "src"]
+    _prepare("folder", "--src", src, "--dst", tmp_path / "out")  # without --strict: skipped and counted
+    assert json.loads((tmp_path / "out" / "prepare.json").read_text())["skipped"] == 1
+
+
+def test_refuses_a_destination_with_other_files(tmp_path):
+    src = _class_folders(tmp_path / "src", {"happy": 0})
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(UserError, match="not a prepared dataset"):
+        _prepare("folder", "--src", src, "--dst", tmp_path / "mine")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+def test_link_makes_links_not_copies(tmp_path):
+    src = _class_folders(tmp_path / "src", {"happy": 0, "sad": 0})
+    _prepare("folder", "--src", src, "--dst", tmp_path / "out", "--link")
+    for row in _manifest(tmp_path / "out"):
+        assert os.path.samefile(tmp_path / "out" / row["path"], row["original"])
+
+
+# ---------------------------------------------------------------- merge
+
+def _prepared_pair(tmp_path: Path) -> tuple[Path, Path]:
+    raf = tmp_path / "rafdb"
+    _prepare("rafdb", "--src", _rafdb(tmp_path / "raf", _rafdb_lines(28, 7)), "--dst", raf)
+    ck = tmp_path / "ckplus"
+    _prepare("ckplus", "--src", _ckplus_release(tmp_path / "ck"), "--dst", ck, "--neutral")
+    return raf, ck
+
+
+def test_merge_keeps_sources_splits_and_applies_the_class_map(tmp_path):
+    raf, ck = _prepared_pair(tmp_path)
+    dst = tmp_path / "merged"
+    _prepare("merge", "--src", raf, ck, "--dst", dst, "--class-map", "neutral=-,contempt=-,sadness=sad")
+    rows = _manifest(dst)
+    originals = {row["original"]: row for row in _manifest(raf) + _manifest(ck)}
+    kept = [row for row in originals.values() if row["class"] not in ("neutral", "contempt")]
+    assert len(rows) == len(kept)
+    for row in rows:
+        name = Path(row["path"]).name
+        assert name.startswith(f"{row['source']}__") and row["source"] in ("rafdb", "ckplus")
+        source_row = originals[row["original"]]
+        assert (row["split"], row["class"], row["subject"]) == (source_row["split"], source_row["class"],
+                                                               source_row["subject"])
+    assert not {label for _, label in _layout(dst)} & {"neutral", "contempt"}
+    assert audit(dst)["leaks"] is False
+
+
+def test_merge_rejects_an_unprepared_folder(tmp_path):
+    (tmp_path / "photos" / "happy").mkdir(parents=True)
+    with pytest.raises(UserError, match="not a prepared dataset"):
+        _prepare("merge", "--src", tmp_path / "photos", "--dst", tmp_path / "out")
+
+
+# ---------------------------------------------------------------- audit
+
+def _leaky_copy(clean: Path, dst: Path) -> tuple[int, set]:
+    """Rebuild `clean` the way the original repository split its merged data: val/ is
+    filled partly from train/, and test subjects are put into train/ as well."""
+    shutil.copytree(clean, dst)
+    rows = _manifest(dst)
+    train = sorted(row["path"] for row in rows if row["split"] == "train")
+    copied = train[::3]
+    for path in copied:
+        _, label, name = path.split("/")
+        (dst / "val" / label).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(dst / path, dst / "val" / label / f"copy_{name}")
+    test_rows = [row for row in rows if row["split"] == "test" and row["source"] == "ckplus"]
+    moved = test_rows[0]
+    shutil.copyfile(dst / moved["path"], dst / "train" / moved["class"] / "moved.png")
+    with open(dst / "manifest.csv", "a", newline="") as f:
+        csv.writer(f, lineterminator="\n").writerow(
+            [f"train/{moved['class']}/moved.png", moved["class"], "train", "ckplus", moved["subject"], "x"])
+    return len(copied), {f"ckplus/{moved['subject']}"}
+
+
+def test_audit_catches_a_leaky_merged_split_like_the_original_repository(tmp_path, capsys):
+    raf, ck = _prepared_pair(tmp_path)
+    clean = tmp_path / "merged"
+    _prepare("merge", "--src", raf, ck, "--dst", clean)
+    assert _prepare("audit", clean, "--strict", "--json", tmp_path / "clean.json") == 0
+    assert json.loads((tmp_path / "clean.json").read_text())["cross_split_duplicates"] == 0
+
+    copied, subjects = _leaky_copy(clean, tmp_path / "leaky")
+    status = _prepare("audit", tmp_path / "leaky", "--strict", "--json", tmp_path / "leaky.json")
+    report = json.loads((tmp_path / "leaky.json").read_text())
+    assert status == 1
+    # every copied val image, and the test image put into train (train comes first: the test copy leaks)
+    assert report["cross_split_duplicates"] == copied + 1
+    assert report["cross_split_by_pair"]["val-train"]["exact"] == copied
+    assert report["cross_split_by_pair"]["test-train"]["exact"] == 1
+    assert set(report["subject_overlap"]["test-train"]) == subjects
+    assert "LEAKS" in capsys.readouterr().out
+
+
+def test_audit_finds_duplicates_conflicts_unreadable_and_near_copies(tmp_path):
+    root = tmp_path / "data"
+    a = _image(root / "train" / "happy" / "a.png", size=(32, 32))
+    _image(root / "train" / "happy" / "b.png", size=(32, 32))
+    shutil.copyfile(a, root / "train" / "happy" / "a_again.png")
+    (root / "train" / "sad").mkdir()
+    shutil.copyfile(a, root / "train" / "sad" / "a_as_sad.png")
+    near = np.asarray(Image.open(a)).astype(int)
+    near[0, 0] = (near[0, 0] + 40) % 256  # one pixel changed: a near, not an exact, copy
+    (root / "val" / "happy").mkdir(parents=True)
+    Image.fromarray(near.astype(np.uint8)).save(root / "val" / "happy" / "a_near.png")
+    (root / "val" / "sad").mkdir(parents=True)
+    (root / "val" / "sad" / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
+    report = audit(root)
+    assert report["counts"] == {"train": {"happy": 3, "sad": 1}, "val": {"happy": 1, "sad": 1}}
+    assert report["exact_duplicates_within"]["train"] == {"extra_copies": 2, "groups": 1}
+    assert report["conflicting_labels"]["groups"] == 1 and report["conflicting_labels"]["images"] == 3
+    assert [u["path"] for u in report["unreadable"]] == ["val/sad/broken.jpg"]
+    assert (report["cross_split_duplicates"], report["cross_split_near"]) == (1, 1)
+    assert report["subjects_known"] is False
+    assert "unreadable files: 1" in format_report(report)
+    in_two_processes = audit(root, workers=2)
+    assert {k: in_two_processes[k] for k in report if k != "root"} == {k: report[k] for k in report if k != "root"}
+
+
+def test_audit_of_val_is_test_layout_is_clean(tmp_path):
+    src = _class_folders(tmp_path / "all", {"angry": 0, "happy": 0}, subjects=[f"S{i:03d}" for i in range(5)])
+    _prepare("folder", "--src", src, "--dst", tmp_path / "out", "--subject-regex", r"^(S\d+)_", "--folds", "5",
+             "--val-is-test")
+    report = audit(tmp_path / "out")
+    assert report["val_is_test"] and not report["leaks"]
+
+
+def test_cli_turns_user_errors_into_one_line_and_exit_2(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "data.prepare", "fer2013", "--src", str(tmp_path / "nothing"),
+                             "--dst", str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: no fer2013.csv") and result.stderr.count("\n") == 1
+
+
+def _every_layout(tmp_path: Path) -> list[Path]:
+    """One small prepared dataset of each kind."""
+    raf, ck = _prepared_pair(tmp_path)
+    _prepare("merge", "--src", raf, ck, "--dst", tmp_path / "merged", "--class-map", "neutral=-,contempt=-")
+    _fer_csv(tmp_path / "fer2013.csv", _fer_rows())
+    _prepare("fer2013", "--src", tmp_path / "fer2013.csv", "--dst", tmp_path / "fer")
+    _prepare("affectnet", "--src", _affectnet_manual(tmp_path / "aff"), "--dst", tmp_path / "affectnet")
+    photos = _class_folders(tmp_path / "photos", {"happy": 0, "sad": 0}, subjects=[f"S{i:03d}" for i in range(6)])
+    _prepare("folder", "--src", photos, "--dst", tmp_path / "folder", "--subject-regex", r"^(S\d+)_", "--folds", "3",
+             "--val-is-test")
+    return [raf, ck, tmp_path / "merged", tmp_path / "fer", tmp_path / "affectnet", tmp_path / "folder"]
+
+
+def test_every_prepared_layout_loads_as_an_image_folder(tmp_path):
+    datasets = pytest.importorskip("torchvision.datasets")
+    for root in _every_layout(tmp_path):
+        for split in ("train", "val", "test"):
+            folder = datasets.ImageFolder(root / split)
+            assert set(folder.classes) <= {"angry", "contempt", "disgust", "fear", "happy", "neutral", "sad",
+                                           "surprise"}
+            image, _ = folder[0]
+            assert image.size[0] > 0
+
+
+def test_train_py_runs_on_every_prepared_layout(tmp_path):
+    if not (REPO / "train.py").is_file():
+        pytest.skip("train.py is absent")
+    layouts = _every_layout(tmp_path)
+    command = [sys.executable, "train.py", "--data", *map(str, layouts), "--model", "resnet18", "--epochs", "1",
+               "--batch-size", "8", "--img-size", "32", "--pretrained", "none", "--device", "cpu", "--workers", "0",
+               "--threads", "1", "--output", str(tmp_path / "run")]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "run" / "best.pth").is_file()
+
+
+# ---------------------------------------------------------------- the real data in ../shared/data
+
+def _shared(name: str) -> Path:
+    path = SHARED / name
+    if not path.is_dir():
+        pytest.skip(f"{path} is absent")
+    return path
+
+
+def test_shared_ck_plus_48_subject_folds(tmp_path):
+    ck = _shared("ck_plus_48")
+    dst = tmp_path / "ckplus48"
+    _prepare("folder", "--src", ck / "all", "--dst", dst, "--subject-regex", r"^(S\d+)_", "--folds-csv",
+             ck / "folds.csv", "--fold", "0", "--val-is-test", "--link")
+    by_split = _subjects_by_split(dst)
+    with open(ck / "folds.csv", newline="") as f:
+        fold0 = {row["subject"] for row in csv.DictReader(f) if row["fold"] == "0"}
+    assert by_split["test"] == by_split["val"] == fold0
+    assert not by_split["train"] & by_split["test"]
+    assert len(by_split["train"] | by_split["test"]) == 118
+    assert _split_sizes(dst)["train"] + _split_sizes(dst)["test"] == 981
+
+    _prepare("folder", "--src", ck / "all", "--dst", tmp_path / "computed", "--subject-regex", r"^(S\d+)_",
+             "--folds", "5", "--fold", "0", "--link")
+    by_split = _subjects_by_split(tmp_path / "computed")
+    for a, b in itertools.combinations(("train", "val", "test"), 2):
+        assert not by_split[a] & by_split[b], f"{a} and {b} share subjects"
+    assert audit(tmp_path / "computed")["leaks"] is False
+
+
+def test_shared_fer2013_csv_round_trip(tmp_path):
+    source = _shared("fer2013")
+    labels = {label: i for i, label in enumerate(fer2013.LABELS)}
+    usage = {"train": "Training", "val": "PublicTest"}
+    # every 25th image keeps the test short; the conversion is the same for all 32,298
+    files = sorted(source.glob("*/*/*.jpg"))[::25]
+    rows = [(labels[p.parent.name], np.asarray(Image.open(p).convert("L")), usage[p.parent.parent.name])
+            for p in files]
+    _fer_csv(tmp_path / "fer2013.csv", rows)
+    _prepare("fer2013", "--src", tmp_path / "fer2013.csv", "--dst", tmp_path / "out")
+    manifest = _manifest(tmp_path / "out")
+    assert len(manifest) == len(files)
+    for row in manifest:
+        index = int(Path(row["path"]).stem[3:])
+        assert (row["split"], row["class"]) == (files[index].parent.parent.name, files[index].parent.name)
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / row["path"])), rows[index][1])
+
+
+@pytest.fixture(scope="module")
+def fer2013_audit():
+    source = _shared("fer2013")
+    start = time.perf_counter()
+    report = audit(source)
+    return report, time.perf_counter() - start
+
+
+def test_shared_fer2013_audit_finds_the_copies_of_val_in_train(fer2013_audit):
+    report, seconds = fer2013_audit
+    assert report["counts"]["train"]["happy"] == 7215 and sum(report["counts"]["val"].values()) == 3589
+    assert 250 <= report["cross_split_exact"] <= 320  # about 280 val images are pixel-identical to train ones
+    assert report["cross_split_other_class"] > 0  # some of them filed under another class
+    assert report["cross_split_duplicates"] >= report["cross_split_exact"]
+    assert report["leaks"] and not report["unreadable"]
+    assert seconds < 60
