@@ -168,7 +168,10 @@ def _train(args, device, dist_info) -> dict:
     if args.resume:
         path = Path(args.resume)
         resume = load_checkpoint(path / "last.pth" if path.is_dir() else path)
-        saved = resume["args"]
+        if not all(k in resume for k in ("args", "optimizer", "epoch")):
+            raise UserError(f"{args.resume} holds weights only (no optimiser state or arguments), so it cannot be "
+                            "resumed; evaluate it with test.py or start a new run")
+        saved = dict(resume["args"])
         # Continue the saved run: its data, model and recipe; only where to write and how to run may change.
         for key in ("device", "workers", "threads", "amp", "compile", "resume", "cache", "cache_gb"):
             saved[key] = getattr(args, key)
@@ -187,6 +190,8 @@ def _train(args, device, dist_info) -> dict:
         torch.backends.cudnn.allow_tf32 = True
     seed_everything(args.seed)
     out = Path(args.output)
+    if resume is None and (out / "last.pth").exists():
+        raise UserError(f"{out} already holds a run; continue it with --resume {out} or choose another --output")
     if dist_info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "args.json").write_text(json.dumps(vars(args), indent=2) + "\n")

@@ -67,6 +67,22 @@ class Normalize:
         return (images.float() / 255.0 - mean) / std
 
 
+def compose_affine(angle: torch.Tensor, zoom: torch.Tensor, shift: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+    """(B, 2, 3) affine_grid matrices (output -> input coordinates, normalised to [-1, 1]) for
+    p_out = zoom * R(angle) * Flip * p_in + shift, with a positive angle turning the picture
+    counter-clockwise as torchvision's rotate does.
+
+    Args:
+        angle: (B,) radians; zoom: (B,); shift: (B, 2) in normalised units (x, y); flip: (B,) of +-1.
+    """
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    # Image y points down, so a counter-clockwise turn on screen is R(-angle) in (x, y); its inverse is R(angle).
+    inv = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], 1) / zoom[:, None, None]
+    inv[:, 0, :] *= flip[:, None]  # Flip^-1 = Flip, applied last
+    offset = -(inv @ shift[:, :, None])
+    return torch.cat([inv, offset], dim=2)
+
+
 class TrainAugment:
     """Random flip/affine on uint8 images, normalisation, then random erasing."""
 
@@ -82,12 +98,7 @@ class TrainAugment:
         zoom = 1 + (torch.empty(batch).uniform_(*c.scale) - 1) * apply
         shift = (torch.rand(batch, 2) * 2 - 1) * (2 * c.translate) * apply[:, None]  # normalised units
         flip = torch.where(torch.rand(batch) < c.flip, -1.0, 1.0)
-        cos, sin = torch.cos(angle), torch.sin(angle)
-        # Forward map: p_out = zoom * R(angle) * Flip * p_in + shift; we need its inverse.
-        inv = torch.stack([torch.stack([cos, sin], -1), torch.stack([-sin, cos], -1)], 1) / zoom[:, None, None]
-        inv[:, 0, :] *= flip[:, None]  # Flip^-1 = Flip, applied last
-        offset = -(inv @ shift[:, :, None])
-        return torch.cat([inv, offset], dim=2)
+        return compose_affine(angle, zoom, shift, flip)
 
     def erase(self, x: torch.Tensor) -> torch.Tensor:
         c = self.config

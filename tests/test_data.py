@@ -1,0 +1,161 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+
+from conftest import make_image_folder
+from data.classes import normalize_class_name
+from data.datasets import FaceFolder, collate_skip_none, find_datasets
+from data.loading import Batches, ShardedSampler, TensorCache, balanced_weights
+from data.transforms import PRESETS, AugmentConfig, Normalize, TrainAugment, compose_affine
+from utils.errors import UserError
+
+
+def test_class_names_are_normalised():
+    assert normalize_class_name("Sadness") == "sad"
+    assert normalize_class_name("anger") == "angry"
+    assert normalize_class_name("my_class") == "my_class"
+
+
+def test_several_datasets_match_classes_by_name_and_keep_sources(tmp_path):
+    a = make_image_folder(tmp_path / "ckplus", ["anger", "happy"], per_class=2)
+    b = make_image_folder(tmp_path / "rafdb", ["happiness", "sadness"], per_class=3)
+    ds = FaceFolder([a, b], "train", img_size=32)
+    assert ds.classes == ["angry", "happy", "sad"]
+    assert ds.sources == ["ckplus", "rafdb"]
+    assert len(ds) == 4 + 6
+    assert np.bincount(ds.labels).tolist() == [2, 5, 3]
+    image, label, source, index = ds[0]
+    assert image.shape == (3, 32, 32) and image.dtype == torch.uint8
+
+
+def test_merged_file_names_carry_their_source(tmp_path):
+    root = make_image_folder(tmp_path / "merged", ["happy"], per_class=2, prefix="rafdb__")
+    make_image_folder(tmp_path / "merged", ["sad"], per_class=2, prefix="ckplus__")
+    assert FaceFolder([root], "train", 32).sources == ["ckplus", "rafdb"]
+
+
+def test_grey_images_become_rgb(tmp_path):
+    folder = tmp_path / "d" / "train" / "happy"
+    folder.mkdir(parents=True)
+    Image.fromarray(np.full((20, 20), 100, np.uint8), mode="L").save(folder / "g.jpg")
+    image = FaceFolder([tmp_path / "d"], "train", 16)[0][0]
+    assert image.shape == (3, 16, 16)
+    assert torch.equal(image[0], image[1]) and torch.equal(image[1], image[2])
+
+
+def test_unreadable_image_is_skipped_not_fatal(tmp_path, caplog):
+    root = make_image_folder(tmp_path / "d", ["happy", "sad"], per_class=2, splits=("train",))
+    (root / "train" / "sad" / "broken.jpg").write_bytes(b"not an image")
+    ds = FaceFolder([root], "train", 16)
+    assert len(ds) == 5
+    batch = collate_skip_none([ds[i] for i in range(len(ds))])
+    assert batch[0].shape[0] == 4
+    assert "broken.jpg" in caplog.text
+    cache = TensorCache(ds, torch.device("cpu"), workers=0)
+    assert cache.images.shape[0] == 4 and len(ds.samples) == 4
+
+
+def test_unknown_class_in_evaluation_data_is_an_error(tmp_path):
+    root = make_image_folder(tmp_path / "d", ["happy", "contempt"], per_class=1, splits=("val",))
+    with pytest.raises(UserError, match="contempt"):
+        FaceFolder([root], "val", 16, classes=["happy", "sad"])
+
+
+def test_missing_split_is_an_error(tmp_path):
+    root = make_image_folder(tmp_path / "d", ["happy"], per_class=1, splits=("train",))
+    with pytest.raises(UserError, match="val"):
+        FaceFolder([root], "val", 16)
+
+
+def test_find_datasets(tmp_path):
+    make_image_folder(tmp_path / "Data" / "a", ["happy"], per_class=1)
+    (tmp_path / "Data" / "weights").mkdir()
+    assert [p.name for p in find_datasets(tmp_path / "Data")] == ["a"]
+
+
+def identity_config(**kw):
+    return AugmentConfig(**{"flip": 0.0, "p_affine": 0.0, "p_erase": 0.0, **kw})
+
+
+def test_augment_identity_and_flip_are_exact():
+    x = torch.randint(0, 256, (3, 3, 12, 12), dtype=torch.uint8)
+    norm = Normalize()
+    assert torch.allclose(TrainAugment(identity_config(), norm)(x), norm(x), atol=1e-5)
+    assert torch.allclose(TrainAugment(identity_config(flip=1.0), norm)(x), norm(x).flip(-1), atol=1e-5)
+
+
+def test_augment_rotation_by_90_degrees_matches_rot90():
+    x = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    aug = TrainAugment(identity_config(), Normalize([0] * 3, [1] * 3))
+    one = torch.ones(2)
+    aug.affine_matrices = lambda b: compose_affine(one * math.pi / 2, one, torch.zeros(2, 2), one)
+    # a positive angle turns the picture counter-clockwise, as torchvision's rotate does
+    expected = torchvision.transforms.functional.rotate(x, 90.0).float() / 255
+    assert torch.allclose(aug(x), expected, atol=1e-5)
+    assert torch.allclose(expected, torch.rot90(x.float() / 255, k=1, dims=(2, 3)))
+
+
+def test_augment_translation_moves_content_the_right_way():
+    x = torch.zeros(1, 3, 8, 8, dtype=torch.uint8)
+    x[..., 2, 2] = 255
+    aug = TrainAugment(identity_config(p_affine=1.0, degrees=0.0, translate=0.25), Normalize([0] * 3, [1] * 3))
+    torch.manual_seed(0)
+    theta = aug.affine_matrices(1)
+    shift_px = -theta[0, :, 2] * 8 / 2  # input = output + t  =>  content moves by -t (in pixels)
+    torch.manual_seed(0)
+    y = aug(x)[0, 0]
+    peak = (y == y.max()).nonzero()[0]
+    assert torch.allclose(peak.float(), torch.tensor([2.0, 2.0]) + shift_px.flip(0), atol=1.01)
+
+
+def test_random_erasing_area_is_in_range():
+    torch.manual_seed(0)
+    aug = TrainAugment(identity_config(p_erase=1.0), Normalize([0.5] * 3, [1] * 3))
+    x = torch.full((200, 3, 20, 20), 255, dtype=torch.uint8)
+    erased = (aug(x) == 0).all(1).float().mean((1, 2))
+    assert erased.min() >= 0.005 and erased.max() <= 0.3
+    assert 0.05 < erased.mean() < 0.2
+
+
+def test_presets_exist():
+    assert PRESETS["rafdb"].p_affine == 0.2 and PRESETS["affectnet"].p_affine == 0.7
+
+
+def test_sampler_is_seeded_by_epoch_and_shards_cover_everything():
+    s = ShardedSampler(10, shuffle=True, seed=3)
+    s.set_epoch(1)
+    first = list(s)
+    s.set_epoch(2)
+    assert list(s) != first
+    s.set_epoch(1)
+    assert list(s) == first
+    shards = [ShardedSampler(10, True, 3, rank=r, world_size=3) for r in range(3)]
+    for sh in shards:
+        sh.set_epoch(1)
+    parts = [list(sh) for sh in shards]
+    assert all(len(p) == 4 for p in parts)  # padded to equal length
+    assert set(sum(parts, [])) == set(range(10))
+    evals = [list(ShardedSampler(10, False, rank=r, world_size=3)) for r in range(3)]
+    assert sorted(sum(evals, [])) == list(range(10))  # evaluation is not padded
+
+
+def test_balanced_weights_equalise_classes():
+    labels = np.array([0] * 90 + [1] * 10)
+    w = balanced_weights(labels, 2)
+    assert torch.isclose(w[labels == 0].sum(), w[labels == 1].sum())
+    draws = torch.multinomial(w, 10000, replacement=True, generator=torch.Generator().manual_seed(0))
+    assert 0.45 < (torch.as_tensor(labels)[draws] == 1).float().mean() < 0.55
+
+
+def test_cached_and_streamed_batches_agree(tiny_data):
+    ds = FaceFolder([tiny_data], "val", 16)
+    sampler = ShardedSampler(len(ds), shuffle=False)
+    streamed = list(Batches(ds, sampler, 5, None, workers=0))
+    cached = list(Batches(ds, sampler, 5, TensorCache(ds, torch.device("cpu"), 0)))
+    assert len(streamed) == len(cached) == 3
+    for a, b in zip(streamed, cached):
+        assert all(torch.equal(x, y) for x, y in zip(a, b))

@@ -1,0 +1,103 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import train
+from conftest import ROOT, make_image_folder
+from utils.checkpoint import load_checkpoint, load_model
+from utils.errors import UserError
+
+FAST = ["--img-size", "32", "--batch-size", "4", "--workers", "0", "--threads", "1", "--device", "cpu",
+        "--lr", "0.01", "--pretrained", "none"]
+
+
+def run_train(*argv):
+    return train.main(train.get_args_parser().parse_args([str(a) for a in argv]))
+
+
+def test_training_writes_checkpoints_logs_and_plots(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    result = run_train("--data", tiny_data, "--epochs", 2, "--output", out, *FAST)
+    for name in ("best.pth", "last.pth", "best.safetensors", "log.jsonl", "curves.png", "args.json"):
+        assert (out / name).is_file(), name
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert {"train_ce", "train_affinity", "train_partition", "train_loss", "val_acc", "val_loss"} <= set(records[0])
+    ckpt = load_checkpoint(out / "last.pth")
+    assert ckpt["meta"]["classes"] == ["angry", "happy", "sad"]
+    assert ckpt["meta"]["model_args"] == {"num_classes": 3, "num_heads": 4}
+    assert ckpt["meta"]["img_size"] == 32 and len(ckpt["meta"]["mean"]) == 3
+    assert ckpt["epoch"] == 2 and ckpt["best_metric"] == result["best_metric"]
+    assert json.loads((out / "args.json").read_text())["lr"] == 0.01
+    model, meta = load_model(out / "best.safetensors")
+    assert meta["model"] == "dan" and not model.training
+
+
+def test_resume_continues_exactly(tiny_data, tmp_path):
+    run_train("--data", tiny_data, "--epochs", 2, "--output", tmp_path / "straight", "--seed", 5, *FAST)
+    run_train("--data", tiny_data, "--epochs", 1, "--output", tmp_path / "split", "--seed", 5, *FAST)
+    run_train("--resume", tmp_path / "split", "--epochs", 2, *FAST)
+    a = load_checkpoint(tmp_path / "straight" / "last.pth")
+    b = load_checkpoint(tmp_path / "split" / "last.pth")
+    assert b["epoch"] == 2
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key
+    assert torch.equal(a["criterion"]["centers"], b["criterion"]["centers"])
+    assert len((tmp_path / "split" / "log.jsonl").read_text().splitlines()) == 2
+
+
+def test_an_existing_run_folder_is_not_overwritten(tiny_data, tmp_path):
+    run_train("--data", tiny_data, "--epochs", 1, "--output", tmp_path / "run", "--model", "resnet18", *FAST)
+    with pytest.raises(UserError, match="--resume"):
+        run_train("--data", tiny_data, "--epochs", 1, "--output", tmp_path / "run", "--model", "resnet18", *FAST)
+
+
+def test_balanced_sampler_and_adam_recipe(tiny_data, tmp_path):
+    result = run_train("--data", tiny_data, "--epochs", 1, "--output", tmp_path / "run", "--model", "resnet18",
+                       "--optimizer", "adam", "--balanced-sampler", "--aug", "affectnet", *FAST)
+    args = json.loads((tmp_path / "run" / "args.json").read_text())
+    assert args["sched"] == "exp" and args["gamma"] == 0.6 and args["weight_decay"] == 0.0
+    assert result["best_epoch"] == 1
+
+
+def test_lr_schedule_warmup_then_step():
+    args = train.resolve_args(train.get_args_parser().parse_args(["--data", str(ROOT), "--warmup-epochs", "1"]))
+    f = [train.lr_factor(it, 10, args) for it in (0, 9, 10, 99, 100, 205)]
+    assert f[0] == pytest.approx(0.1) and f[1] == pytest.approx(1.0)
+    assert f[2] == 1.0 and f[3] == 1.0 and f[4] == pytest.approx(0.1) and f[5] == pytest.approx(0.01)
+
+
+def cli(script, *argv):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, str(ROOT / script), *map(str, argv)], capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+def test_bad_input_is_one_line_and_nonzero_exit(tmp_path):
+    result = cli("train.py", "--data", tmp_path / "missing")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: --data")
+    assert "Traceback" not in result.stderr
+    make_image_folder(tmp_path / "onlytrain", ["happy"], per_class=1, splits=("train",))
+    result = cli("train.py", "--data", tmp_path / "onlytrain", "--device", "cpu", "--output", tmp_path / "r")
+    assert result.returncode == 2 and "val" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_ddp_two_processes_on_cpu(tiny_data, tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(ROOT / "train.py"), "--data", str(tiny_data), "--epochs", "1", "--output", str(out),
+           "--model", "resnet18", *FAST]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    record = json.loads((out / "log.jsonl").read_text())
+    assert "2 process(es)" in result.stderr
+    # validation is gathered from both ranks: the accuracy is over all 12 val images
+    assert round(record["val_acc"] * 12, 6) == round(record["val_acc"] * 12)
+    ckpt = load_checkpoint(out / "last.pth")
+    assert not any(k.startswith("module.") for k in ckpt["state_dict"])
