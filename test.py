@@ -37,6 +37,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default=None, help="folder for metrics, plots and predictions "
                                                    "(default: <checkpoint folder>/test-<split>)")
     p.add_argument("--json", default=None, help="also write the metrics JSON here")
+    p.add_argument("--skip-unknown-classes", action="store_true",
+                   help="leave out class folders the model does not know (e.g. CK+'s contempt for a FER2013 model)")
     p.add_argument("--tta", action="store_true", help="average the prediction with its horizontal flip")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--device", default="auto")
@@ -89,12 +91,15 @@ def main(args) -> dict:
     if not checkpoint.is_file():
         raise UserError(f"checkpoint {args.checkpoint} not found; train one with python3 train.py "
                         "or pass --checkpoint")
+    if args.batch_size < 1:
+        raise UserError("--batch-size must be at least 1")
     model, meta = load_model(checkpoint, device)
     roots = [Path(d) for d in args.data] if args.data else find_datasets(ROOT / "Data")
     if not roots:
         raise UserError("no dataset under Data/ and no --data given")
     split = resolve_split(roots, args.split)
-    dataset = FaceFolder(roots, split, meta["img_size"], classes=meta["classes"])
+    dataset = FaceFolder(roots, split, meta["img_size"], classes=meta["classes"],
+                         skip_unknown=args.skip_unknown_classes)
     missing = sorted(set(meta["classes"]) - {dataset.classes[i] for i in np.unique(dataset.labels)})
     if missing:
         log.info("the data has no images of %s: scored on its %d classes", missing,

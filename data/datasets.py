@@ -57,7 +57,8 @@ class FaceFolder(Dataset):
     unreadable image (reported once by path; `collate_skip_none` drops it).
     """
 
-    def __init__(self, roots: Sequence[Path], split: str, img_size: int, classes: Optional[Sequence[str]] = None):
+    def __init__(self, roots: Sequence[Path], split: str, img_size: int, classes: Optional[Sequence[str]] = None,
+                 skip_unknown: bool = False):
         self.roots = [Path(r) for r in roots]
         self.split = split
         self.img_size = img_size
@@ -66,7 +67,10 @@ class FaceFolder(Dataset):
         if classes is None:
             classes = names
         unknown = sorted(set(names) - set(classes))
-        if unknown:
+        if unknown and skip_unknown:
+            log.info("skipping the classes %s, which the model does not know", unknown)
+            found = [item for item in found if item[1] not in unknown]
+        elif unknown:
             raise UserError(f"the {split} data has classes {unknown} that the model does not know "
                             f"(it knows {list(classes)}); remove those folders or retrain")
         self.classes = list(classes)

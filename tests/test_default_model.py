@@ -1,0 +1,47 @@
+"""The model shipped in Data/: its metadata, and that it sees the obvious."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT, shared_or_skip
+from data.images import decode_image
+from data.transforms import Normalize
+from utils.checkpoint import load_model
+
+DEFAULT = ROOT / "Data" / "dan_fer2013.safetensors"
+FER_CLASSES = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return load_model(DEFAULT)
+
+
+def test_shipped_model_is_compact_and_self_describing(shipped):
+    assert DEFAULT.stat().st_size <= 40_000_000
+    model, meta = shipped
+    assert meta["model"] == "dan" and meta["model_args"] == {"num_classes": 7, "num_heads": 4}
+    assert meta["classes"] == FER_CLASSES
+    assert meta["img_size"] == 112
+    assert meta["val_accuracy"] >= 0.70
+    assert not model.training
+
+
+def classify(model, meta, paths):
+    size = meta["img_size"]
+    images = [np.asarray(decode_image(p).resize((size, size), 2)) for p in paths]  # 2 = bilinear
+    x = Normalize(meta["mean"], meta["std"])(torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2))
+    with torch.inference_mode():
+        return [meta["classes"][i] for i in model(x).logits.argmax(1).tolist()]
+
+
+@pytest.mark.parametrize("expected,files", [
+    ("happy", ["S010_006_00000013.png", "S042_006_00000016.png", "S060_002_00000026.png", "S079_004_00000025.png"]),
+    ("surprise", ["S010_002_00000012.png", "S042_001_00000018.png", "S065_003_00000020.png", "S084_001_00000010.png"]),
+])
+def test_shipped_model_recognises_clear_expressions(shipped, expected, files):
+    folder = shared_or_skip("ck_plus_48", "all", expected)
+    model, meta = shipped
+    assert classify(model, meta, [folder / f for f in files]) == [expected] * len(files)
