@@ -153,6 +153,20 @@ def build_data(args, device, dist_info):
     return train_set, val_set, train_batches, val_batches
 
 
+def is_grayscale(dataset: FaceFolder, probe: int = 64) -> bool:
+    """Whether the training images are grey (checked on an evenly spread sample): recorded in the
+    checkpoint so that inference feeds colour photos to a grey-trained model in grey."""
+    step = max(1, len(dataset) // probe)
+    for i in range(0, len(dataset), step):
+        try:
+            image = dataset.load(i)
+        except (UserError, OSError):
+            continue
+        if not (torch.equal(image[0], image[1]) and torch.equal(image[1], image[2])):
+            return False
+    return True
+
+
 def main(args: argparse.Namespace) -> dict:
     device = resolve_device(args.device)
     dist_info = init_distributed(device.type)
@@ -220,7 +234,7 @@ def _train(args, device, dist_info) -> dict:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, iters, args))
     scaler = torch.amp.GradScaler(device.type, enabled=precision.needs_scaler)
     meta = {"model": args.model, "model_args": model_args, "classes": classes, "img_size": args.img_size,
-            "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+            "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "grayscale": is_grayscale(train_set)}
 
     start_epoch, best, best_epoch, history = 1, -1.0, 0, []
     if resume is not None:

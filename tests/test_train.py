@@ -31,6 +31,7 @@ def test_training_writes_checkpoints_logs_and_plots(tiny_data, tmp_path):
     assert ckpt["meta"]["classes"] == ["angry", "happy", "sad"]
     assert ckpt["meta"]["model_args"] == {"num_classes": 3, "num_heads": 4}
     assert ckpt["meta"]["img_size"] == 32 and len(ckpt["meta"]["mean"]) == 3
+    assert ckpt["meta"]["grayscale"] is False  # the tiny images are in colour
     assert ckpt["epoch"] == 2 and ckpt["best_metric"] == result["best_metric"]
     assert json.loads((out / "args.json").read_text())["lr"] == 0.01
     model, meta = load_model(out / "best.safetensors")

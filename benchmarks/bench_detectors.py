@@ -1,0 +1,128 @@
+"""Compare the face detectors predict.py offers: detection rate, false faces and speed.
+
+    python3 benchmarks/bench_detectors.py --data ../shared/data --photo t1.jpg "105,320;330,200;..."
+
+Three kinds of test image:
+  * photos with their faces' centres given by hand (the astronaut photo scikit-image ships is
+    always included; add others with --photo PATH "x,y;x,y;...");
+  * FER2013 validation faces and CK+ faces (48x48 grey crops of real faces), each enlarged 3x
+    and pasted at a random place on a 320x320 grey canvas, when --data holds them.
+A face counts as found when a detection's box contains its centre (each detection finds at
+most one face); other detections are false faces. Speed is the median time per call on the
+astronaut photo at 640x480, after warm-up, on this machine's CPUs.
+"""
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from utils.faces import build_detector  # noqa: E402
+
+DETECTORS = ["haar", "haar-alt2", "mtcnn"]
+
+
+def astronaut_640x480():
+    from skimage import data
+    image = Image.fromarray(data.astronaut()).resize((640, 640)).crop((0, 80, 640, 560))
+    return np.asarray(image), [(281, 62)]
+
+
+def pasted_crops(folder: Path, n: int, seed: int):
+    """(image, [centre]) for n random 48x48 crops from folder, enlarged 3x on a 320x320 canvas."""
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+    rng = random.Random(seed)
+    for path in rng.sample(files, min(n, len(files))):
+        face = Image.open(path).convert("RGB").resize((144, 144), Image.BILINEAR)
+        canvas = Image.new("RGB", (320, 320), (128, 128, 128))
+        x, y = rng.randint(0, 176), rng.randint(0, 176)
+        canvas.paste(face, (x, y))
+        yield np.asarray(canvas), [(x + 72, y + 72)]
+
+
+def score(detections, centres):
+    """(faces found, false faces) for one image."""
+    unused = list(detections)
+    found = 0
+    for cx, cy in centres:
+        for d in unused:
+            x, y, w, h = d.box
+            if x <= cx <= x + w and y <= cy <= y + h:
+                unused.remove(d)
+                found += 1
+                break
+    return found, len(unused)
+
+
+def evaluate(detector, images):
+    faces = found = false = 0
+    for image, centres in images:
+        f, fp = score(detector(image), centres)
+        faces, found, false = faces + len(centres), found + f, false + fp
+    return faces, found, false
+
+
+def speed(detector, image, runs: int = 30) -> float:
+    for _ in range(5):
+        detector(image)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        detector(image)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times) * 1000)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default=None, help="folder with fer2013/val and ck_plus_48/all")
+    p.add_argument("--samples", type=int, default=300, help="faces drawn from each crop set")
+    p.add_argument("--photo", nargs=2, action="append", default=[], metavar=("PATH", "CENTRES"),
+                   help='a photo and its faces\' centres, "x,y;x,y"')
+    p.add_argument("--detectors", nargs="+", default=DETECTORS)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+
+    astro, centres = astronaut_640x480()
+    photos = [(astro, centres)]
+    for path, text in args.photo:
+        photos.append((np.asarray(Image.open(path).convert("RGB")),
+                       [tuple(float(v) for v in c.split(",")) for c in text.split(";")]))
+    sets = {"photos": photos}
+    if args.data:
+        for name, sub in (("FER2013 val", "fer2013/val"), ("CK+", "ck_plus_48/all")):
+            folder = Path(args.data) / sub
+            if folder.is_dir():
+                sets[name] = list(pasted_crops(folder, args.samples, args.seed))
+
+    rows = []
+    for name in args.detectors:
+        try:
+            detector = build_detector(name)
+        except Exception as err:
+            print(f"{name}: unavailable ({err})", file=sys.stderr)
+            continue
+        row = {"detector": name, "ms_640x480": round(speed(detector, astro), 1)}
+        for set_name, images in sets.items():
+            faces, found, false = evaluate(detector, images)
+            row[set_name] = {"faces": faces, "found": found, "false": false}
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr)
+
+    header = "| detector | " + " | ".join(f"{s}: found / faces (false)" for s in sets) + " | ms per 640x480 photo |"
+    print(header)
+    print("|" + " --- |" * (len(sets) + 2))
+    for row in rows:
+        cells = [f"{row[s]['found']}/{row[s]['faces']} = {row[s]['found'] / row[s]['faces']:.0%} ({row[s]['false']})"
+                 for s in sets]
+        print(f"| {row['detector']} | " + " | ".join(cells) + f" | {row['ms_640x480']} |")
+
+
+if __name__ == "__main__":
+    main()

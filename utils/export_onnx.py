@@ -1,0 +1,189 @@
+"""Export a checkpoint to ONNX, and keep exported copies in a cache so prediction needs no torch.
+
+The graph takes `input`, a float32 (B, 3, S, S) batch normalised with the checkpoint's mean and
+std, B free, and returns `logits` (B, C) and, for DAN, `attention` (B, N, h, w): each head's
+spatial-attention map on the trunk grid (7x7 at 224 px). The checkpoint's metadata (model,
+model_args, classes, img_size, mean, std) is stored as JSON under the ONNX metadata key "fer",
+so an exported file is a complete model on its own.
+
+    python3 -m utils.export_onnx --checkpoint runs/dan/best.safetensors --out Data/dan.onnx
+
+Only `export_onnx` imports torch; reading metadata and finding a cached export do not.
+"""
+import argparse
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional
+
+from utils.errors import UserError, run_cli
+
+# Part of every cache key: bump it when the exported graph changes (new outputs, a model
+# transform such as BatchNorm folding), so older cached files are not reused.
+EXPORT_VERSION = 1
+OPSET = 18
+META_KEY = "fer"
+
+
+def prepare_for_export(model):
+    """Transforms applied to the eval-mode model before tracing; returns the model to export.
+
+    The hook for graph-level rewrites (BatchNorm folding with a future `networks.fuse`, say). It
+    returns the model unchanged today; ONNX Runtime folds BatchNorm into convolutions itself.
+    """
+    return model
+
+
+def export_onnx(checkpoint, out, transform: Callable = prepare_for_export, opset: int = OPSET) -> Dict[str, Any]:
+    """Rebuild the checkpoint's model with torch and write it as ONNX to `out` (atomically).
+
+    Args:
+        checkpoint: a .safetensors model or .pth training checkpoint of this project.
+        out: the .onnx file to write.
+        transform: model -> model, applied before tracing (see `prepare_for_export`).
+        opset: ONNX opset version.
+
+    Returns:
+        the checkpoint's metadata, as stored in the file.
+    """
+    import onnx
+    import torch
+
+    from utils.checkpoint import atomic_write, load_model
+
+    model, meta = load_model(checkpoint, "cpu")
+    model = transform(model).eval()
+    graph = _graph_outputs_class()(model).eval()  # export() restores the wrapper's mode: keep it eval
+    size = int(meta["img_size"])
+    example = torch.zeros(2, 3, size, size)
+    with torch.no_grad():
+        has_attention = model(example[:1]).attention is not None
+    names = ["logits", "attention"] if has_attention else ["logits"]
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    program = torch.onnx.export(graph, (example,), None, input_names=["input"], output_names=names,
+                                dynamic_shapes=({0: batch},), opset_version=opset, dynamo=True,
+                                verbose=False)
+    proto = program.model_proto
+    stored = {k: meta[k] for k in ("model", "model_args", "classes", "img_size", "mean", "std")}
+    for key in ("grayscale", "converted_from", "epoch", "val_accuracy"):
+        if key in meta:
+            stored[key] = meta[key]
+    stored["source_sha256"] = file_digest(checkpoint)
+    stored["export_version"] = EXPORT_VERSION
+    del proto.metadata_props[:]
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = META_KEY, json.dumps(stored)
+    atomic_write(Path(out), lambda tmp: onnx.save(proto, tmp))
+    return stored
+
+
+def _graph_outputs_class():
+    """Defined on call, so that importing this module does not import torch."""
+    from torch import nn
+
+    class GraphOutputs(nn.Module):
+        """Model -> the tuple the ONNX graph returns: (logits,) or (logits, attention)."""
+
+        def __init__(self, model: nn.Module):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x):
+            out = self.model(x)
+            return (out.logits,) if out.attention is None else (out.logits, out.attention)
+
+    return GraphOutputs
+
+
+def file_digest(path) -> str:
+    """SHA-256 of a file's bytes, hex."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def default_cache_dir() -> Path:
+    """$FER_CACHE_DIR, else $XDG_CACHE_HOME/fer, else ~/.cache/fer."""
+    if os.environ.get("FER_CACHE_DIR"):
+        return Path(os.environ["FER_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "fer"
+
+
+def cached_onnx(checkpoint, cache_dir: Optional[Path] = None, transform: Callable = prepare_for_export) -> Path:
+    """The ONNX export of `checkpoint`, made (with torch) on first use and cached by content hash.
+
+    The cache file is named after the checkpoint's SHA-256 and EXPORT_VERSION, so a retrained
+    checkpoint at the same path gets a fresh export and later runs need neither torch nor export.
+    A transform other than the default gets its own cache entry, named after the function.
+    """
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_file():
+        raise UserError(f"checkpoint {checkpoint} not found")
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    tag = "" if transform is prepare_for_export else "-" + getattr(transform, "__name__", "custom")
+    path = cache_dir / f"{checkpoint.stem}-{file_digest(checkpoint)[:16]}-v{EXPORT_VERSION}{tag}.onnx"
+    if not path.is_file():
+        import logging
+        logging.getLogger("predict").info("exporting %s to ONNX once (cached at %s)", checkpoint, path)
+        try:
+            export_onnx(checkpoint, path, transform)
+        except OSError as err:
+            raise UserError(f"cannot write the ONNX cache {path} ({err}); set FER_CACHE_DIR or --cache-dir "
+                            "to a writable folder") from None
+    return path
+
+
+def read_onnx_meta(session_or_path) -> Dict[str, Any]:
+    """The "fer" metadata of an exported model (an onnxruntime session or a path)."""
+    if isinstance(session_or_path, (str, Path)):
+        import onnxruntime as ort
+        session_or_path = ort.InferenceSession(str(session_or_path), providers=["CPUExecutionProvider"])
+    props = session_or_path.get_modelmeta().custom_metadata_map
+    if META_KEY not in props:
+        raise UserError("this ONNX file was not exported by this project (no 'fer' metadata); "
+                        "export one with python3 -m utils.export_onnx")
+    return json.loads(props[META_KEY])
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Export a checkpoint to ONNX (logits, and attention for DAN).",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help=".safetensors model or .pth checkpoint")
+    p.add_argument("--out", default=None, help="output .onnx (default: the checkpoint with .onnx)")
+    p.add_argument("--opset", type=int, default=OPSET)
+    p.add_argument("--check", action="store_true",
+                   help="compare onnxruntime's probabilities with PyTorch's on random input")
+    return p
+
+
+def check_against_torch(checkpoint, onnx_path, batch: int = 3, seed: int = 0) -> float:
+    """Largest |p_onnx - p_torch| over a random batch (softmax probabilities)."""
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    from utils.checkpoint import load_model
+
+    model, meta = load_model(checkpoint, "cpu")
+    size = int(meta["img_size"])
+    x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        p_torch = torch.softmax(model(x).logits, dim=1).numpy()
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    logits = session.run(["logits"], {"input": x.numpy()})[0]
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return float(np.abs(e / e.sum(axis=1, keepdims=True) - p_torch).max())
+
+
+def main(args) -> None:
+    out = Path(args.out) if args.out else Path(args.checkpoint).with_suffix(".onnx")
+    meta = export_onnx(args.checkpoint, out, opset=args.opset)
+    print(f"wrote {out} ({meta['model']}, {len(meta['classes'])} classes, {meta['img_size']} px)")
+    if args.check:
+        print(f"max |p_onnx - p_torch| = {check_against_torch(args.checkpoint, out):.2e}")
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main, get_args_parser().parse_args()))

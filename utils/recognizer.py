@@ -1,0 +1,239 @@
+"""The emotion of every face in a photo, as a class that scripts, notebooks and services share.
+
+    from utils.recognizer import EmotionRecognizer
+    recognizer = EmotionRecognizer("Data/dan_fer2013.safetensors")
+    for face in recognizer.predict("photo.jpg"):
+        print(face.box, face.emotion, face.probabilities)
+
+On the CPU the model runs in ONNX Runtime from an export cached by the checkpoint's content hash
+(utils/export_onnx.py), so after the first run neither torch nor the model code is imported. A
+GPU (`device="cuda"`) or `backend="torch"` runs the PyTorch model itself.
+"""
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+from PIL import Image
+
+from data.images import MAX_PIXELS, decode_image
+from utils.errors import UserError
+from utils.faces import Detection, build_detector, crop_face, normalize, resize_faces
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CHECKPOINT = ROOT / "Data" / "dan_fer2013.safetensors"
+BACKENDS = ("auto", "onnx", "torch")
+
+ImageLike = Union[str, Path, bytes, Image.Image, np.ndarray]
+
+
+@dataclass
+class Face:
+    """One face and its expression.
+
+    Attributes:
+        box: (x, y, w, h) in pixels of the input image.
+        probabilities: class name -> probability; they sum to 1.
+        score: the detector's confidence (None for detectors without one, or --detector none).
+        landmarks: five (x, y) points (eyes, nose, mouth corners) when the detector gives them.
+        attention: (N, h, w) DAN's per-head spatial attention on the trunk grid, None otherwise.
+        crop: (S, S, 3) uint8 face as the model saw it (before normalisation).
+    """
+
+    box: Tuple[int, int, int, int]
+    probabilities: Dict[str, float]
+    score: Optional[float] = None
+    landmarks: Optional[List[Tuple[float, float]]] = None
+    attention: Optional[np.ndarray] = field(default=None, repr=False)
+    crop: Optional[np.ndarray] = field(default=None, repr=False)
+
+    @property
+    def emotion(self) -> str:
+        """The most probable class."""
+        return max(self.probabilities, key=self.probabilities.get)
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The JSON form documented in docs/predict.md."""
+        return {
+            "box": list(self.box),
+            "emotion": self.emotion,
+            "probabilities": {k: round(v, 6) for k, v in self.probabilities.items()},
+            "score": None if self.score is None else round(self.score, 4),
+            "landmarks": None if self.landmarks is None else [[round(x, 1), round(y, 1)] for x, y in self.landmarks],
+        }
+
+
+class OnnxRunner:
+    """An exported model in ONNX Runtime: float32 (B, 3, S, S) -> {"logits", ["attention"]}."""
+
+    def __init__(self, path, threads: int = 2):
+        import onnxruntime as ort
+
+        from utils.export_onnx import read_onnx_meta
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        # Idle worker threads would otherwise spin for a while after each run, taking the CPU from
+        # the face detector that runs next (OpenCV's threads, or MTCNN's own session).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as err:
+            raise UserError(f"{path}: onnxruntime cannot load it ({str(err).splitlines()[0][:200]})") from None
+        self.meta = read_onnx_meta(self.session)
+        self.outputs = [o.name for o in self.session.get_outputs()]
+
+    def __call__(self, x: np.ndarray) -> Dict[str, np.ndarray]:
+        return dict(zip(self.outputs, self.session.run(self.outputs, {"input": x})))
+
+
+class TorchRunner:
+    """The PyTorch model itself, on any device: float32 (B, 3, S, S) -> {"logits", ["attention"]}."""
+
+    def __init__(self, checkpoint, device: str = "cpu", threads: int = 2):
+        import torch
+
+        from utils.checkpoint import load_model
+
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise UserError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
+        if device == "cpu" and threads > 0:
+            torch.set_num_threads(threads)
+        self.torch, self.device = torch, torch.device(device)
+        self.model, self.meta = load_model(checkpoint, self.device)
+
+    def __call__(self, x: np.ndarray) -> Dict[str, np.ndarray]:
+        torch = self.torch
+        with torch.inference_mode():
+            out = self.model(torch.from_numpy(x).to(self.device))
+        result = {"logits": out.logits.float().cpu().numpy()}
+        if out.attention is not None:
+            result["attention"] = out.attention.float().cpu().numpy()
+        return result
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """(B, C) -> (B, C) probabilities, computed in float64 so each row sums to 1."""
+    z = logits.astype(np.float64)
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def resolve_checkpoint(checkpoint) -> Path:
+    """The checkpoint to use: the one given, else the project's default model if it exists."""
+    if checkpoint:
+        path = Path(checkpoint)
+        if not path.is_file():
+            raise UserError(f"checkpoint {path} not found")
+        return path
+    if DEFAULT_CHECKPOINT.is_file():
+        return DEFAULT_CHECKPOINT
+    rel = DEFAULT_CHECKPOINT.relative_to(ROOT)
+    raise UserError(f"the default model {rel} does not exist yet: train one with "
+                    f"`python3 train.py --model dan --data Data/fer2013 --output runs/dan_fer2013` and copy "
+                    f"runs/dan_fer2013/best.safetensors to {rel}, or pass --checkpoint PATH")
+
+
+class EmotionRecognizer:
+    """Detect every face in an image and classify all of them in one batch.
+
+    Args:
+        checkpoint: .safetensors model, .pth training checkpoint, or .onnx exported by
+            utils.export_onnx; None for the project's default model.
+        device: "cpu" or "cuda"; cuda implies the torch backend.
+        backend: "onnx" (ONNX Runtime, CPU), "torch", or "auto" (onnx on the CPU).
+        detector: a name in utils.faces.DETECTORS ("none" treats the whole image as one face).
+        margin: extra space around the detector's box on each side, as a fraction of its side.
+        align: turn faces upright by the eye line when the detector gives landmarks.
+        grayscale: turn face crops grey before the model sees them; None reads the checkpoint's
+            "grayscale" metadata; when that is absent, True except for converted published
+            weights (metadata "converted_from"), which were trained on colour photos.
+        threads: CPU threads for the model.
+        cache_dir: where ONNX exports are cached (default $FER_CACHE_DIR or ~/.cache/fer).
+        max_pixels: decoding refuses larger images.
+        detector_options: passed to the detector's constructor.
+    """
+
+    def __init__(self, checkpoint=None, device: str = "cpu", backend: str = "auto", detector: str = "auto",
+                 margin: float = 0.2, align: bool = True, grayscale: Optional[bool] = None, threads: int = 2,
+                 cache_dir=None, max_pixels: int = MAX_PIXELS, detector_options: Optional[Dict] = None):
+        if backend not in BACKENDS:
+            raise UserError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        if device != "cpu" and not device.startswith("cuda"):
+            raise UserError(f"unknown device {device!r}; use cpu or cuda")
+        path = resolve_checkpoint(checkpoint)
+        is_onnx = path.suffix == ".onnx"
+        if backend == "auto":
+            backend = "onnx" if device == "cpu" or is_onnx else "torch"
+        if backend == "onnx" and device != "cpu":
+            raise UserError("the onnx backend runs on the CPU; use --backend torch for --device cuda")
+        if backend == "torch" and is_onnx:
+            raise UserError(f"{path} is an ONNX export; the torch backend needs the .safetensors or .pth model")
+        self.checkpoint, self.backend, self.device = path, backend, device
+        if backend == "onnx":
+            from utils.export_onnx import cached_onnx
+            self.runner = OnnxRunner(path if is_onnx else cached_onnx(path, cache_dir), threads)
+        else:
+            self.runner = TorchRunner(path, device, threads)
+        self.meta = self.runner.meta
+        self.classes: List[str] = list(self.meta["classes"])
+        self.img_size = int(self.meta["img_size"])
+        self.mean, self.std = self.meta["mean"], self.meta["std"]
+        # Unless the checkpoint says otherwise, faces go in grey: a model trained on grey faces
+        # (FER2013, CK+) misreads colour ones badly, while a colour model loses little on grey.
+        # Converted published DAN weights (utils/convert.py) were trained on colour RAF-DB/AffectNet.
+        if grayscale is None:
+            grayscale = bool(self.meta.get("grayscale", "converted_from" not in self.meta))
+        self.grayscale = grayscale
+        self.detector_name = detector
+        self.detector = build_detector(detector, **(detector_options or {}))
+        self.margin, self.align, self.max_pixels = margin, align, max_pixels
+
+    @property
+    def has_attention(self) -> bool:
+        """Whether the model gives spatial-attention maps (DAN)."""
+        if isinstance(self.runner, OnnxRunner):
+            return "attention" in self.runner.outputs
+        return self.meta["model"] == "dan"
+
+    def load(self, image: ImageLike) -> np.ndarray:
+        """Any accepted image form -> RGB uint8 (H, W, 3)."""
+        if isinstance(image, np.ndarray):
+            if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+                raise UserError(f"expected an RGB uint8 (H, W, 3) array, got {image.dtype} {image.shape}")
+            return image
+        if isinstance(image, Image.Image):
+            return np.asarray(image.convert("RGB"))
+        return np.asarray(decode_image(image, self.max_pixels))
+
+    def detect(self, image: ImageLike) -> List[Detection]:
+        return self.detector(self.load(image))
+
+    def classify(self, faces: np.ndarray) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+        """uint8 (B, S, S, 3) faces at the model's size -> (probabilities (B, C), attention (B, N, h, w) or None)."""
+        if len(faces) == 0:
+            return np.zeros((0, len(self.classes))), None
+        out = self.runner(normalize(faces, self.mean, self.std))
+        return softmax(out["logits"]), out.get("attention")
+
+    def predict(self, image: ImageLike) -> List[Face]:
+        """Every face in `image` with its box and class probabilities; [] when none is found."""
+        image = self.load(image)
+        detections = self.detector(image)
+        crops = [crop_face(image, d, self.margin, self.align) for d in detections]
+        faces = resize_faces(crops, self.img_size, self.grayscale)
+        probs, attention = self.classify(faces)
+        return [Face(box=tuple(int(round(v)) for v in d.box),
+                     probabilities=dict(zip(self.classes, map(float, p))),
+                     score=d.score,
+                     landmarks=None if d.landmarks is None else [(float(x), float(y)) for x, y in d.landmarks],
+                     attention=None if attention is None else attention[i],
+                     crop=faces[i])
+                for i, (d, p) in enumerate(zip(detections, probs))]
+
+
+def top_classes(face: Face, k: int = 3) -> Sequence[Tuple[str, float]]:
+    """The k most probable (class, probability) pairs, most probable first."""
+    return sorted(face.probabilities.items(), key=lambda kv: -kv[1])[:k]

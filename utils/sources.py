@@ -1,0 +1,122 @@
+"""What predict.py reads: URLs, image files, folders, glob patterns, videos and webcams.
+
+`iter_inputs` turns each argument into a stream of `Input`s, one per image or video frame.
+A failure becomes an `Input` with an error instead of an image, so one bad argument never
+stops the others.
+"""
+import glob
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+
+from data.images import MAX_PIXELS, decode_image, is_image_file
+from utils.errors import UserError
+from utils.fetch import FetchLimits, fetch_image, is_url
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
+
+
+@dataclass
+class Input:
+    """One image to predict on, or why there is none.
+
+    Attributes:
+        name: the argument it came from (a path, a URL, "0" for the first webcam).
+        image: RGB uint8 (H, W, 3), None on error.
+        error: one sentence for people, None on success.
+        frame: the frame index for videos and webcams, None for still images.
+        ms: time spent fetching and decoding.
+    """
+
+    name: str
+    image: Optional[np.ndarray] = None
+    error: Optional[str] = None
+    frame: Optional[int] = None
+    ms: float = 0.0
+
+
+def is_video_file(path) -> bool:
+    return str(path).lower().endswith(VIDEO_EXTENSIONS)
+
+
+def iter_inputs(params: Sequence[str], limits: FetchLimits = FetchLimits(), max_pixels: int = MAX_PIXELS,
+                frame_stride: int = 1, max_frames: Optional[int] = None) -> Iterator[Input]:
+    """Expand every argument and yield its images in order (folders and globs sorted by path)."""
+    for param in params:
+        try:
+            if is_url(param):
+                yield _timed(param, lambda: np.asarray(fetch_image(param, limits, max_pixels)))
+            elif re.fullmatch(r"\d+", param) and not Path(param).exists():
+                yield from iter_frames(param, int(param), frame_stride, max_frames)
+            elif Path(param).is_dir():
+                files = sorted(p for p in Path(param).rglob("*") if p.is_file() and is_image_file(p))
+                if not files:
+                    yield Input(param, error=f"{param}: no images in this folder")
+                for path in files:
+                    yield _load_file(str(path), max_pixels)
+            elif Path(param).is_file():
+                if is_video_file(param):
+                    yield from iter_frames(param, param, frame_stride, max_frames)
+                else:
+                    yield _load_file(param, max_pixels)
+            elif any(c in param for c in "*?["):
+                matches = sorted(p for p in glob.glob(param, recursive=True) if Path(p).is_file())
+                if not matches:
+                    yield Input(param, error=f"{param}: no file matches this pattern")
+                for path in matches:
+                    yield from (iter_frames(path, path, frame_stride, max_frames) if is_video_file(path)
+                                else [_load_file(path, max_pixels)])
+            elif re.match(r"^[a-z][a-z0-9+.-]*://", param, re.I):
+                yield Input(param, error=f"{param}: only http and https URLs are fetched")
+            else:
+                yield Input(param, error=f"{param}: no such file or folder")
+        except UserError as err:
+            yield Input(param, error=str(err))
+
+
+def _timed(name: str, load) -> Input:
+    start = time.perf_counter()
+    try:
+        image = load()
+    except UserError as err:
+        return Input(name, error=str(err), ms=(time.perf_counter() - start) * 1000)
+    return Input(name, image=image, ms=(time.perf_counter() - start) * 1000)
+
+
+def _load_file(path: str, max_pixels: int) -> Input:
+    return _timed(path, lambda: np.asarray(decode_image(path, max_pixels)))
+
+
+def iter_frames(name: str, source, frame_stride: int = 1, max_frames: Optional[int] = None) -> Iterator[Input]:
+    """Every `frame_stride`-th frame of a video file or webcam (an int index), as RGB.
+
+    Stops at the end of the video, after `max_frames` yielded frames, or on Ctrl-C.
+    """
+    import cv2
+
+    capture = cv2.VideoCapture(source)
+    if not capture.isOpened():
+        what = "webcam" if isinstance(source, int) else "video"
+        yield Input(name, error=f"{name}: cannot open this {what} with OpenCV")
+        return
+    stride, index, given = max(1, frame_stride), 0, 0
+    try:
+        while max_frames is None or given < max_frames:
+            start = time.perf_counter()
+            if not capture.grab():
+                break
+            if index % stride == 0:
+                ok, frame = capture.retrieve()
+                if ok:
+                    rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+                    yield Input(name, image=rgb, frame=index, ms=(time.perf_counter() - start) * 1000)
+                    given += 1
+            index += 1
+    finally:
+        capture.release()
+    if index == 0:
+        yield Input(name, error=f"{name}: no frame could be read")
