@@ -8,6 +8,7 @@ faces are cropped by the box. Smaller release: `train_set/` and `val_set/`, each
 import csv
 from functools import partial
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 from PIL import Image
@@ -48,7 +49,7 @@ def read(args, problems: Problems) -> list[Sample]:
                     "(smaller release): point --src at the folder that does")
 
 
-def _image_root(root: Path, images: str | None) -> Path:
+def _image_root(root: Path, images: Optional[str]) -> Path:
     if images:
         if not Path(images).is_dir():
             raise UserError(f"--images {images} is not a folder")
