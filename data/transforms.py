@@ -55,15 +55,29 @@ PRESETS = {
 }
 
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Copy a small CPU tensor to `device` without making the CPU wait for the GPU's queue
+    (a plain copy from pageable memory would synchronise every batch)."""
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 class Normalize:
     """uint8 (B, 3, S, S) -> float (B, 3, S, S), scaled to [0, 1] then standardised."""
 
     def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
         self.mean = torch.tensor(mean).view(1, 3, 1, 1)
         self.std = torch.tensor(std).view(1, 3, 1, 1)
+        self._on = {}  # device -> (mean, std) there, copied once
+
+    def stats(self, device: torch.device):
+        if device not in self._on:
+            self._on[device] = (self.mean.to(device), self.std.to(device))
+        return self._on[device]
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        mean, std = self.mean.to(images.device), self.std.to(images.device)
+        mean, std = self.stats(images.device)
         return (images.float() / 255.0 - mean) / std
 
 
@@ -111,18 +125,18 @@ class TrainAugment:
         left = (torch.rand(b) * (w - ew + 1)).floor()
         apply = torch.rand(b) < c.p_erase
         # Rectangles are drawn on the CPU (a few numbers), the mask is built where the images are.
-        box = torch.stack([top, top + eh, left, left + ew], 1).to(x.device).view(b, 4, 1, 1)
+        box = to_device(torch.stack([top, top + eh, left, left + ew, apply.float()], 1), x.device).view(b, 5, 1, 1)
         rows = torch.arange(h, device=x.device).view(1, h, 1)
         cols = torch.arange(w, device=x.device).view(1, 1, w)
         mask = ((rows >= box[:, 0]) & (rows < box[:, 1]) & (cols >= box[:, 2]) & (cols < box[:, 3])
-                & apply.to(x.device).view(b, 1, 1))
+                & (box[:, 4] > 0))
         return x.masked_fill(mask.unsqueeze(1), 0.0)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         x = images.float() / 255.0
-        theta = self.affine_matrices(x.shape[0]).to(x.device)
+        theta = to_device(self.affine_matrices(x.shape[0]), x.device)
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        mean, std = self.normalize.mean.to(x.device), self.normalize.std.to(x.device)
+        mean, std = self.normalize.stats(x.device)
         x = (x - mean) / std
         return self.erase(x) if self.config.p_erase > 0 else x

@@ -9,6 +9,7 @@ from utils.errors import UserError
 
 from .dan import DAN
 from .efficientnet import EfficientNetB3
+from .fuse import fuse
 from .losses import CECriterion, DANCriterion, total_loss
 from .outputs import ModelOutput
 from .resnet import ResNet18
@@ -120,4 +121,4 @@ def load_model(path, device="cpu"):
 
 
 __all__ = ["MODELS", "ModelOutput", "build_model", "build_criterion", "load_backbone", "load_model",
-           "default_pretrained", "total_loss", "DAN", "EfficientNetB3", "ResNet18"]
+           "default_pretrained", "total_loss", "DAN", "EfficientNetB3", "ResNet18", "fuse"]

@@ -22,7 +22,7 @@ from utils.errors import UserError, run_cli
 
 # Part of every cache key: bump it when the exported graph changes (new outputs, a model
 # transform such as BatchNorm folding), so older cached files are not reused.
-EXPORT_VERSION = 1
+EXPORT_VERSION = 2
 OPSET = 18
 META_KEY = "fer"
 
@@ -30,10 +30,14 @@ META_KEY = "fer"
 def prepare_for_export(model):
     """Transforms applied to the eval-mode model before tracing; returns the model to export.
 
-    The hook for graph-level rewrites (BatchNorm folding with a future `networks.fuse`, say). It
-    returns the model unchanged today; ONNX Runtime folds BatchNorm into convolutions itself.
+    `networks.fuse`: BatchNorms folded into the layers before them and, for DAN, each head's
+    3x3/1x3/3x1 convolutions merged into one 3x3 and the heads run as grouped convolutions
+    (36 -> 22 convolutions). ONNX Runtime runs the fused DAN at 224 px in about 10 ms instead of
+    11 ms on two cores (docs/speed.md); the outputs are the same to float rounding.
     """
-    return model
+    from networks import fuse
+
+    return fuse(model)
 
 
 def export_onnx(checkpoint, out, transform: Callable = prepare_for_export, opset: int = OPSET) -> Dict[str, Any]:

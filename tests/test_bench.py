@@ -1,0 +1,49 @@
+"""utils.bench: the --quick run works end to end and writes every section; no speed is asserted."""
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from utils.bench import Repeat
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_quick_run_writes_every_section(tmp_path):
+    out = tmp_path / "bench.json"
+    run = subprocess.run([sys.executable, "-m", "utils.bench", "--quick", "--device", "cpu", "--json", str(out)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads(out.read_text())
+    rows = report["rows"]
+    assert {r["section"] for r in rows} == {"training", "speedups", "data", "inference"}
+    for row in rows:
+        for key in ("images_per_s", "ms_median", "ms_p90", "ratio"):
+            if key in row:
+                assert math.isfinite(row[key]) and row[key] > 0, row
+    names = [r["name"] for r in rows]
+    for model in ("dan", "efficientnet_b3", "resnet18"):
+        assert f"{model} 64 px: model step alone" in names and f"{model} 64 px: with data" in names
+    assert any("DAN / ResNet-18" in n for n in names)
+    inference = [r["name"] for r in rows if r["section"] == "inference"]
+    assert len(inference) == 5 and any("int8" in n for n in inference)
+    assert report["machine"]["torch"] == torch.__version__
+    for title in ("### Training", "### DAN training speed-ups", "### Data pipeline alone", "### Inference per face"):
+        assert title in run.stdout
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
+def test_cuda_without_a_gpu_is_one_line_of_error():
+    run = subprocess.run([sys.executable, "-m", "utils.bench", "--quick", "--device", "cuda"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines()[-1].startswith("error: --device cuda")
+
+
+def test_repeat_yields_exactly_steps_across_epochs():
+    assert list(Repeat([1, 2, 3], 7)) == [1, 2, 3, 1, 2, 3, 1]
+    assert len(Repeat([1, 2, 3], 7)) == 7
