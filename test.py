@@ -109,7 +109,7 @@ def main(args) -> dict:
     batches = Batches(dataset, ShardedSampler(len(dataset), False), args.batch_size, cache)
     net = FlipTTA(model) if args.tta else model
     result = evaluate(net, batches, Normalize(meta["mean"], meta["std"]), device=device,
-                      precision=Precision.choose(device, None), channels_last=False, dist_info=DistInfo(),
+                      precision=Precision.choose(device, None), channels_last=True, dist_info=DistInfo(),
                       desc=split, keep_features=not args.no_tsne)
     report = full_report(result["labels"], result["preds"], result["sources"], meta["classes"], dataset.sources)
     report.update({"checkpoint": str(checkpoint), "split": split, "tta": args.tta,

