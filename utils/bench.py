@@ -54,6 +54,7 @@ from networks.fuse import group_heads
 from utils.distributed import DistInfo
 from utils.engine import Precision, TrainStep, train_one_epoch
 from utils.errors import UserError, run_cli
+from utils.export_onnx import quantize_int8
 from utils.misc import cpu_count, resolve_device, setup_logging
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -444,27 +445,6 @@ def export_onnx(model: nn.Module, path: Path, size: int, opset: int = 18) -> Pat
                       output_names=["logits", "attention"], dynamic_shapes=({0: batch},), opset_version=opset,
                       dynamo=True, verbose=False)
     return path
-
-
-def quantize_int8(src: Path, dst: Path, calibration: Sequence[np.ndarray]) -> Path:
-    """Static int8 quantisation in ONNX Runtime (QDQ, per-channel int8 weights, uint8 activations),
-    with activation ranges calibrated (min-max) on `calibration`, float32 (B, 3, S, S) batches."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.batches = iter(calibration)
-
-        def get_next(self):
-            batch = next(self.batches, None)
-            return None if batch is None else {"input": batch}
-
-    prepared = dst.with_suffix(".prepared.onnx")
-    quant_pre_process(str(src), str(prepared))
-    quantize_static(str(prepared), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-    return dst
 
 
 def ort_session(path: Path, threads: int):

@@ -83,6 +83,54 @@ def export_onnx(checkpoint, out, transform: Callable = prepare_for_export, opset
     return stored
 
 
+def quantize_int8(src: Path, dst: Path, calibration) -> Path:
+    """Static int8 quantisation in ONNX Runtime (QDQ, per-channel int8 weights, uint8 activations),
+    with activation ranges calibrated (min-max) on `calibration`, float32 (B, 3, S, S) batches."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter(calibration)
+
+        def get_next(self):
+            batch = next(self.batches, None)
+            return None if batch is None else {"input": batch}
+
+    prepared = dst.with_suffix(".prepared.onnx")
+    try:
+        quant_pre_process(str(src), str(prepared))
+        quantize_static(str(prepared), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    finally:
+        prepared.unlink(missing_ok=True)
+    return dst
+
+
+def calibration_batches(folder, meta, images: int = 512, batch: int = 64):
+    """Normalised float32 (B, 3, S, S) batches of up to `images` training images, evenly spread,
+    prepared as training prepares them (resize, grey if the model is grey, normalise)."""
+    import numpy as np
+
+    from data.datasets import FaceFolder
+
+    root = Path(folder)
+    split = "train" if (root / "train").is_dir() else None
+    if split is None:
+        raise UserError(f"--int8 {folder}: expected a dataset folder with train/<class>/ images")
+    dataset = FaceFolder([root], split, int(meta["img_size"]), skip_unknown=True, classes=meta["classes"])
+    step = max(1, len(dataset) // images)
+    picked = [dataset.load(i).numpy() for i in range(0, len(dataset), step)][:images]
+    x = np.stack(picked).astype(np.float32) / 255.0
+    if meta.get("grayscale", True) and x.shape[1] == 3:
+        grey = 0.299 * x[:, :1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:]  # PIL's "L" weights
+        x = np.repeat(grey, 3, axis=1)
+    mean = np.asarray(meta["mean"], np.float32).reshape(1, 3, 1, 1)
+    std = np.asarray(meta["std"], np.float32).reshape(1, 3, 1, 1)
+    x = (x - mean) / std
+    return [x[k:k + batch] for k in range(0, len(x), batch)]
+
+
 def _graph_outputs_class():
     """Defined on call, so that importing this module does not import torch."""
     from torch import nn
@@ -159,6 +207,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, default=OPSET)
     p.add_argument("--check", action="store_true",
                    help="compare onnxruntime's probabilities with PyTorch's on random input")
+    p.add_argument("--int8", metavar="DATA", default=None,
+                   help="also write <out>-int8.onnx, quantised to int8 with activation ranges calibrated "
+                        "on 512 images of DATA/train (about 2.6x faster on the CPU; the default model "
+                        "loses 0.14 points on FER2013 val, docs/speed.md)")
     return p
 
 
@@ -187,6 +239,26 @@ def main(args) -> None:
     print(f"wrote {out} ({meta['model']}, {len(meta['classes'])} classes, {meta['img_size']} px)")
     if args.check:
         print(f"max |p_onnx - p_torch| = {check_against_torch(args.checkpoint, out):.2e}")
+    if args.int8:
+        int8 = export_int8(out, args.int8, meta)
+        print(f"wrote {int8} (int8; use it with predict.py --checkpoint {int8})")
+
+
+def export_int8(fp32_path, data, meta) -> Path:
+    """Quantise an exported fp32 graph to `<name>-int8.onnx`, keeping its metadata."""
+    import onnx
+
+    from utils.checkpoint import atomic_write
+
+    fp32_path = Path(fp32_path)
+    dst = fp32_path.with_name(fp32_path.stem + "-int8.onnx")
+    quantize_int8(fp32_path, dst, calibration_batches(data, meta))
+    proto = onnx.load(str(dst))
+    del proto.metadata_props[:]
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = META_KEY, json.dumps({**meta, "quantized": "int8"})
+    atomic_write(dst, lambda tmp: onnx.save(proto, tmp))
+    return dst
 
 
 if __name__ == "__main__":

@@ -1,0 +1,47 @@
+"""ONNX export with BatchNorm folding, and the int8 export calibrated on a dataset."""
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from networks import build_model
+from utils.checkpoint import save_safetensors
+from utils.export_onnx import EXPORT_VERSION, export_int8, export_onnx, read_onnx_meta
+
+CLASSES = ["angry", "happy", "sad"]
+
+
+def tiny_checkpoint(path):
+    torch.manual_seed(0)
+    model = build_model("dan", num_classes=3, num_heads=2).eval()
+    with torch.no_grad():
+        model.fc.weight.mul_(0.01)  # probabilities away from one-hot
+    meta = {"model": "dan", "model_args": {"num_classes": 3, "num_heads": 2}, "classes": CLASSES,
+            "img_size": 64, "mean": [0.5] * 3, "std": [0.25] * 3, "grayscale": False}
+    save_safetensors(model.state_dict(), meta, path, half=False)
+    return model
+
+
+def run(path, x):
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    logits = session.run(["logits"], {"input": x})[0]
+    e = np.exp(logits - logits.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+def test_fused_export_matches_pytorch_and_int8_export_keeps_metadata(tiny_data, tmp_path):
+    model = tiny_checkpoint(tmp_path / "m.safetensors")
+    meta = export_onnx(tmp_path / "m.safetensors", tmp_path / "m.onnx")
+    assert meta["export_version"] == EXPORT_VERSION
+    x = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = model(x).logits.softmax(1).numpy()
+    assert np.abs(run(tmp_path / "m.onnx", x.numpy()) - expected).max() < 1e-4
+
+    int8 = export_int8(tmp_path / "m.onnx", tiny_data, meta)
+    assert int8.name == "m-int8.onnx"
+    stored = read_onnx_meta(int8)
+    assert stored["quantized"] == "int8" and stored["classes"] == CLASSES
+    assert int8.stat().st_size < (tmp_path / "m.onnx").stat().st_size / 2  # int8 weights
+    probs = run(int8, x.numpy())
+    assert probs.shape == (4, 3) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    assert np.abs(probs - expected).max() < 0.1  # close to the float model, not equal
