@@ -1,13 +1,16 @@
 """ImageFolder datasets with several sources: `<dataset>/<split>/<class>/<image>`.
 
 Classes are matched by canonical name across datasets; every image keeps its source dataset
-so results can be reported per source. Images in a merged dataset whose file names start
-with `<source>__` (as `python3 -m data.prepare merge` writes them) keep that source.
+so results can be reported per source: the source comes from the dataset's `manifest.csv`
+(written by `python3 -m data.prepare`), else from a `<source>__` file-name prefix (as merged
+datasets name their files), else from the dataset folder's name.
 """
+import csv
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -38,9 +41,26 @@ def find_datasets(root: Path) -> List[Path]:
     return sorted(p for p in root.iterdir() if (p / "train").is_dir())
 
 
-def source_of(path: Path, dataset: str) -> str:
-    stem = path.name
-    return stem.split("__", 1)[0] if "__" in stem else dataset
+def read_manifest_sources(root: Path) -> Dict[str, str]:
+    """{relative path: source} from the manifest.csv that `python3 -m data.prepare` writes, if any."""
+    manifest = root / "manifest.csv"
+    if not manifest.is_file():
+        return {}
+    with open(manifest, newline="") as f:
+        return {row["path"]: row["source"] for row in csv.DictReader(f) if row.get("path") and row.get("source")}
+
+
+_PREFIX = re.compile(r"^([A-Za-z0-9+\-]+)__")
+
+
+def source_of(path: Path, root: Path, manifest: Dict[str, str]) -> str:
+    """The image's source dataset: from the manifest, else a `<source>__` file-name prefix (merged
+    datasets), else the dataset folder's name."""
+    rel = path.relative_to(root).as_posix()
+    if rel in manifest:
+        return manifest[rel]
+    match = _PREFIX.match(path.name)
+    return match.group(1) if match else root.name
 
 
 class FaceFolder(Dataset):
@@ -88,11 +108,12 @@ class FaceFolder(Dataset):
             if not split_dir.is_dir():
                 raise UserError(f"{split_dir} does not exist; each dataset folder needs "
                                 f"train/ and val/ (and optionally test/) with one folder per class")
+            manifest = read_manifest_sources(root)
             for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir()):
                 name = normalize_class_name(class_dir.name)
                 for path in sorted(class_dir.rglob("*")):
                     if path.is_file() and is_image_file(path):
-                        found.append((path, name, source_of(path, root.name)))
+                        found.append((path, name, source_of(path, root, manifest)))
         return found
 
     @property

@@ -38,6 +38,15 @@ def test_merged_file_names_carry_their_source(tmp_path):
     assert FaceFolder([root], "train", 32).sources == ["ckplus", "rafdb"]
 
 
+def test_manifest_names_the_source(tmp_path):
+    root = make_image_folder(tmp_path / "merged", ["happy"], per_class=2, splits=("train",))
+    files = sorted((root / "train" / "happy").iterdir())
+    (root / "manifest.csv").write_text("path,class,split,source,subject,original\n"
+                                       f"train/happy/{files[0].name},happy,train,rafdb,,x\n")
+    ds = FaceFolder([root], "train", 16)
+    assert ds.sources == ["merged", "rafdb"]
+
+
 def test_grey_images_become_rgb(tmp_path):
     folder = tmp_path / "d" / "train" / "happy"
     folder.mkdir(parents=True)
