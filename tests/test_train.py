@@ -57,6 +57,12 @@ def test_an_existing_run_folder_is_not_overwritten(tiny_data, tmp_path):
         run_train("--data", tiny_data, "--epochs", 1, "--output", tmp_path / "run", "--model", "resnet18", *FAST)
 
 
+def test_grouped_heads_train_and_save_a_plain_dan(tiny_data, tmp_path):
+    run_train("--data", tiny_data, "--epochs", 1, "--output", tmp_path / "run", "--grouped-heads", *FAST)
+    model, meta = load_model(tmp_path / "run" / "best.pth")
+    assert type(model).__name__ == "DAN" and meta["model"] == "dan"
+
+
 def test_balanced_sampler_and_adam_recipe(tiny_data, tmp_path):
     result = run_train("--data", tiny_data, "--epochs", 1, "--output", tmp_path / "run", "--model", "resnet18",
                        "--optimizer", "adam", "--balanced-sampler", "--aug", "affectnet", *FAST)
