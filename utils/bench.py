@@ -54,7 +54,7 @@ from networks.fuse import group_heads
 from utils.distributed import DistInfo
 from utils.engine import Precision, TrainStep, train_one_epoch
 from utils.errors import UserError, run_cli
-from utils.export_onnx import quantize_int8
+from utils.export_onnx import model_proto, quantize_int8
 from utils.misc import cpu_count, resolve_device, setup_logging
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -425,25 +425,11 @@ def data_rows(pools: Pools, s: Settings) -> List[Dict]:
 
 # ---- inference -------------------------------------------------------------------------------
 
-class _Outputs(nn.Module):
-    """Model -> (logits, attention), the tuple an exported graph returns (DAN only)."""
+def export_onnx(model: nn.Module, path: Path, size: int) -> Path:
+    """Write a DAN (plain or fused) as ONNX, as predict.py's export does (without metadata)."""
+    import onnx
 
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x):
-        out = self.model(x)
-        return out.logits, out.attention
-
-
-def export_onnx(model: nn.Module, path: Path, size: int, opset: int = 18) -> Path:
-    """Write a DAN (plain or fused) as ONNX: input (B, 3, S, S), outputs logits and attention, B free."""
-    model = _Outputs(model.cpu().eval()).eval()
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    torch.onnx.export(model, (torch.zeros(2, 3, size, size),), str(path), input_names=["input"],
-                      output_names=["logits", "attention"], dynamic_shapes=({0: batch},), opset_version=opset,
-                      dynamo=True, verbose=False)
+    onnx.save(model_proto(model.cpu().eval(), size), str(path))
     return path
 
 

@@ -53,23 +53,13 @@ def export_onnx(checkpoint, out, transform: Callable = prepare_for_export, opset
         the checkpoint's metadata, as stored in the file.
     """
     import onnx
-    import torch
 
     from utils.checkpoint import atomic_write, load_model
 
     model, meta = load_model(checkpoint, "cpu")
     model = transform(model).eval()
-    graph = _graph_outputs_class()(model).eval()  # export() restores the wrapper's mode: keep it eval
     size = int(meta["img_size"])
-    example = torch.zeros(2, 3, size, size)
-    with torch.no_grad():
-        has_attention = model(example[:1]).attention is not None
-    names = ["logits", "attention"] if has_attention else ["logits"]
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    program = torch.onnx.export(graph, (example,), None, input_names=["input"], output_names=names,
-                                dynamic_shapes=({0: batch},), opset_version=opset, dynamo=True,
-                                verbose=False)
-    proto = program.model_proto
+    proto = model_proto(model, size, opset)
     stored = {k: meta[k] for k in ("model", "model_args", "classes", "img_size", "mean", "std")}
     for key in ("grayscale", "converted_from", "epoch", "val_accuracy"):
         if key in meta:
@@ -81,6 +71,23 @@ def export_onnx(checkpoint, out, transform: Callable = prepare_for_export, opset
     entry.key, entry.value = META_KEY, json.dumps(stored)
     atomic_write(Path(out), lambda tmp: onnx.save(proto, tmp))
     return stored
+
+
+def model_proto(model, size: int, opset: int = OPSET):
+    """Trace an eval-mode model to an ONNX ModelProto: input (B, 3, S, S) with B free; outputs
+    logits and, for DAN, attention."""
+    import torch
+
+    graph = _graph_outputs_class()(model).eval()  # export() restores the wrapper's mode: keep it eval
+    example = torch.zeros(2, 3, size, size)
+    with torch.no_grad():
+        has_attention = model(example[:1]).attention is not None
+    names = ["logits", "attention"] if has_attention else ["logits"]
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    program = torch.onnx.export(graph, (example,), None, input_names=["input"], output_names=names,
+                                dynamic_shapes=({0: batch},), opset_version=opset, dynamo=True,
+                                verbose=False)
+    return program.model_proto
 
 
 def quantize_int8(src: Path, dst: Path, calibration) -> Path:
