@@ -84,11 +84,14 @@ def _init_head_weights(m: nn.Module) -> None:
         nn.init.zeros_(m.bias)
 
 
+# ResNet-18's children up to layer4, in order: the trunk's module names (torchvision's).
+TRUNK_LAYERS = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
+
+
 def resnet18_trunk() -> nn.Sequential:
     """torchvision's ResNet-18 without average pool and fc; keys keep torchvision's names."""
     net = resnet18(weights=None)
-    names = ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"]
-    return nn.Sequential(OrderedDict((name, getattr(net, name)) for name in names))
+    return nn.Sequential(OrderedDict((name, getattr(net, name)) for name in TRUNK_LAYERS))
 
 
 class DAN(nn.Module):

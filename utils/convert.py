@@ -25,6 +25,7 @@ from torch import nn
 from data.classes import normalize_class_name
 from data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from networks import build_model
+from networks.dan import TRUNK_LAYERS
 from utils.checkpoint import FORMAT, save_checkpoint, save_safetensors
 from utils.errors import UserError, run_cli
 from utils.misc import setup_logging
@@ -61,8 +62,7 @@ FORMATS: Dict[str, Release] = {
 IMG_SIZE = 224  # all of these were trained on 224x224 crops with ImageNet normalisation
 
 # The reference DAN keeps ResNet-18's children in an nn.Sequential called `features`:
-# features.0 is conv1, features.4 is layer1, ..., features.7 is layer4.
-TRUNK_CHILDREN = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
+# features.0 is conv1, features.4 is layer1, ..., features.7 is layer4 (TRUNK_LAYERS' order).
 # Inside cat_head{i}: reference module path -> this project's, under heads.{i}.
 HEAD_PARTS = {
     "sa.conv1x1": "spatial.conv1x1",
@@ -75,7 +75,7 @@ HEAD_PARTS = {
 
 def reference_prefixes(num_heads: int) -> Dict[str, str]:
     """Module prefixes of the reference DAN mapped to this project's, e.g. "features.4." -> "trunk.layer1."."""
-    prefixes = {f"features.{i}.": f"trunk.{name}." for i, name in enumerate(TRUNK_CHILDREN)}
+    prefixes = {f"features.{i}.": f"trunk.{name}." for i, name in enumerate(TRUNK_LAYERS)}
     for h in range(num_heads):
         prefixes.update({f"cat_head{h}.{ref}.": f"heads.{h}.{own}." for ref, own in HEAD_PARTS.items()})
     prefixes.update({"fc.": "fc.", "bn.": "bn."})
