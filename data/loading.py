@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
 from .datasets import FaceFolder, collate_skip_none
+from .transforms import to_device
 
 log = logging.getLogger(__name__)
 
@@ -48,15 +49,19 @@ class ShardedSampler(Sampler):
             idx = torch.multinomial(self.weights, self.n, replacement=True, generator=g)
         else:
             idx = torch.randperm(self.n, generator=g)
-        per_rank = -(-self.n // self.world_size)
-        idx = torch.cat([idx, idx[: per_rank * self.world_size - self.n]])
+        total = -(-self.n // self.world_size) * self.world_size
+        idx = idx.repeat(-(-total // self.n))[:total]  # pad with the first indices (repeated if n < ranks)
         return idx[self.rank::self.world_size]
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.indices().tolist())
 
     def __len__(self) -> int:
-        return len(self.indices())
+        # Arithmetic, not len(self.indices()): the training loop asks every step, and drawing a
+        # permutation (or weighted samples) of a large dataset each time costs milliseconds.
+        if self.shuffle:
+            return -(-self.n // self.world_size)
+        return len(range(self.rank, self.n, self.world_size))
 
 
 def balanced_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
@@ -130,7 +135,8 @@ class Batches:
         if self.loader is not None:
             yield from (batch for batch in self.loader if batch is not None)
             return
-        idx = self.sampler.indices().to(self.cache.device)
+        # Pinned and non-blocking: a pageable copy would make the CPU wait for the GPU's queue.
+        idx = to_device(self.sampler.indices(), self.cache.device)
         for start in range(0, len(idx), self.batch_size):
             chunk = idx[start:start + self.batch_size]
             if self.drop_last and len(chunk) < self.batch_size:

@@ -28,7 +28,9 @@ def test_quick_run_writes_every_section(tmp_path):
     names = [r["name"] for r in rows]
     for model in ("dan", "efficientnet_b3", "resnet18"):
         assert f"{model} 64 px: model step alone" in names and f"{model} 64 px: with data" in names
-    assert any("DAN / ResNet-18" in n for n in names)
+    assert "DAN / ResNet-18 step time, 64 px" in names
+    assert "DAN / ResNet-18 step time, 64 px, NCHW (the reference's layout)" in names
+    assert "dan 64 px: model step alone, NCHW" in names and "resnet18 64 px: model step alone, NCHW" in names
     inference = [r["name"] for r in rows if r["section"] == "inference"]
     assert len(inference) == 5 and any("int8" in n for n in inference)
     assert report["machine"]["torch"] == torch.__version__

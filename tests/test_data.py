@@ -152,6 +152,17 @@ def test_sampler_is_seeded_by_epoch_and_shards_cover_everything():
     assert sorted(sum(evals, [])) == list(range(10))  # evaluation is not padded
 
 
+@pytest.mark.parametrize("n", [1, 7, 10, 12])
+@pytest.mark.parametrize("world_size", [1, 3, 4])
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_sampler_length_is_the_number_of_indices_without_drawing_them(n, world_size, shuffle):
+    weights = torch.ones(n, dtype=torch.double)
+    for rank in range(world_size):
+        for w in (None, weights):
+            s = ShardedSampler(n, shuffle, seed=1, rank=rank, world_size=world_size, weights=w)
+            assert len(s) == len(s.indices()) == len(list(s))
+
+
 def test_balanced_weights_equalise_classes():
     labels = np.array([0] * 90 + [1] * 10)
     w = balanced_weights(labels, 2)

@@ -335,27 +335,38 @@ def _median_ratio(a: Sequence[float], b: Sequence[float]) -> float:
 
 
 def training_rows(pools: Pools, s: Settings) -> List[Dict]:
+    """Per size: each model's step alone and with data (train.py's settings), plus DAN and
+    ResNet-18 in NCHW, the layout of DAN's reference code, for the step-time ratio in its terms."""
     rows, cuda = [], s.device.type == "cuda"
     for size in s.sizes:
-        keys = [(model, with_data) for model in MODELS for with_data in (False, True)]
-        trainers = [Trainer(TrainSetup(model, size, amp=cuda, channels_last=True), pools, s, with_data)
-                    for model, with_data in keys]
+        keys = [(model, with_data, True) for model in MODELS for with_data in (False, True)]
+        keys += [("dan", False, False), ("resnet18", False, False)]
+        trainers = [Trainer(TrainSetup(model, size, amp=cuda, channels_last=cl), pools, s, with_data)
+                    for model, with_data, cl in keys]
         rates = dict(zip(keys, interleaved_rates(trainers, s)))
         memory = {key: t.memory for key, t in zip(keys, trainers)}
         del trainers
         for model in MODELS:
-            alone, full = rates[(model, False)], rates[(model, True)]
+            alone, full = rates[(model, False, True)], rates[(model, True, True)]
             rows.append({"section": "training", "name": f"{model} {size} px: model step alone",
                          "images_per_s": statistics.median(alone), "images_per_s_each": alone,
-                         **memory[(model, False)]})
+                         **memory[(model, False, True)]})
             rows.append({"section": "training", "name": f"{model} {size} px: with data",
                          "images_per_s": statistics.median(full), "images_per_s_each": full,
-                         **memory[(model, True)], "ratio": _median_ratio(full, alone),
+                         **memory[(model, True, True)], "ratio": _median_ratio(full, alone),
                          "ratio_of": "with data / step alone"})
             log.info("training %s %d px: %.1f images/s alone, %.1f with data", model, size,
                      statistics.median(alone), statistics.median(full))
         rows.append({"section": "training", "name": f"DAN / ResNet-18 step time, {size} px",
-                     "ratio": _median_ratio(rates[("resnet18", False)], rates[("dan", False)]),
+                     "ratio": _median_ratio(rates[("resnet18", False, True)], rates[("dan", False, True)]),
+                     "ratio_of": "time per image, model step alone"})
+        for model in ("dan", "resnet18"):
+            alone = rates[(model, False, False)]
+            rows.append({"section": "training", "name": f"{model} {size} px: model step alone, NCHW",
+                         "images_per_s": statistics.median(alone), "images_per_s_each": alone,
+                         **memory[(model, False, False)]})
+        rows.append({"section": "training", "name": f"DAN / ResNet-18 step time, {size} px, NCHW (the reference's layout)",
+                     "ratio": _median_ratio(rates[("resnet18", False, False)], rates[("dan", False, False)]),
                      "ratio_of": "time per image, model step alone"})
     return rows
 

@@ -58,6 +58,7 @@ def train_one_epoch(step: nn.Module, batches, optimizer, scheduler, scaler, augm
     correct = torch.zeros((), device=device)
     seen = torch.zeros((), device=device)
     start = time.perf_counter()
+    last = len(batches) - 1
     bar = tqdm(batches, desc=desc, unit="batch", dynamic_ncols=True, leave=False, disable=not dist_info.is_main)
     for i, (images, labels, _, _) in enumerate(bar):
         images = images.to(device, non_blocking=True)
@@ -79,7 +80,7 @@ def train_one_epoch(step: nn.Module, batches, optimizer, scheduler, scaler, augm
             sums[name] = sums.get(name, torch.zeros((), device=device)) + value.detach().float() * n
         correct += (logits.detach().argmax(1) == labels).sum()
         seen += n
-        if i % log_every == 0 or i == len(batches) - 1:
+        if i % log_every == 0 or i == last:
             mean_loss = (sums["loss"] / seen).item()  # one sync every `log_every` steps
             if not math.isfinite(mean_loss):
                 raise UserError(f"the training loss became {mean_loss} at step {i} of {desc}; "
@@ -105,6 +106,7 @@ def evaluate(model: nn.Module, batches, normalize, *, device: torch.device, prec
     indices, labels, sources, preds, probs (N, C), loss (N,) and features (N, D) if asked."""
     model.eval()
     parts = {k: [] for k in ("indices", "labels", "sources", "probs", "loss", "features")}
+    last = len(batches) - 1
     bar = tqdm(batches, desc=desc, unit="batch", dynamic_ncols=True, leave=False, disable=not dist_info.is_main)
     for images, labels, sources, indices in bar:
         x = normalize(images.to(device, non_blocking=True))
