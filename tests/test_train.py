@@ -108,3 +108,31 @@ def test_ddp_two_processes_on_cpu(tiny_data, tmp_path):
     assert round(record["val_acc"] * 12, 6) == round(record["val_acc"] * 12)
     ckpt = load_checkpoint(out / "last.pth")
     assert not any(k.startswith("module.") for k in ckpt["state_dict"])
+
+
+def test_fp16_autocast_with_grad_scaler_trains(monkeypatch):
+    """The path of GPUs without bf16 (fp16 autocast + GradScaler), run on the CPU: the loss is
+    finite, the weights move, and the scaler's state is what a checkpoint stores."""
+    from data.transforms import PRESETS, Normalize, TrainAugment
+    from networks import build_criterion, build_model
+    from utils.distributed import DistInfo
+    from utils.engine import Precision, TrainStep, train_one_epoch
+
+    torch.manual_seed(0)
+    model = build_model("dan", num_classes=3)
+    step = TrainStep(model, build_criterion("dan", model))
+    optimizer = torch.optim.SGD(step.parameters(), lr=0.01, momentum=0.9)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: 1.0)
+    precision = Precision(True, torch.float16)
+    assert precision.needs_scaler
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8, enabled=True)
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    batches = [(images[:4], labels[:4], None, None), (images[4:], labels[4:], None, None)]
+    before = model.fc.weight.detach().clone()
+    stats = train_one_epoch(step, batches, optimizer, scheduler, scaler, TrainAugment(PRESETS["none"], Normalize()),
+                            device=torch.device("cpu"), precision=precision, loss_weights={}, channels_last=True,
+                            dist_info=DistInfo(rank=1, world_size=1), desc="fp16")
+    assert torch.isfinite(torch.tensor(stats["train_loss"]))
+    assert not torch.equal(before, model.fc.weight)
+    assert scaler.state_dict()["scale"] == 2.0 ** 8  # no overflow at this scale, so no step was skipped

@@ -302,7 +302,7 @@ class Trainer:
                 self.step.model = torch.compile(model)
             self.optimizer = torch.optim.SGD(self.step.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
             self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda it: 1.0)
-            self.precision = Precision(True, torch.bfloat16) if setup.amp else Precision()
+            self.precision = Precision.choose(s.device, True) if setup.amp else Precision()
             self.scaler = torch.amp.GradScaler(s.device.type, enabled=self.precision.needs_scaler)
             if with_data:
                 sampler = ShardedSampler(len(cache.labels), True, seed=0)
@@ -377,7 +377,7 @@ def speedup_rows(pools: Pools, s: Settings, use_compile: bool) -> List[Dict]:
     size = max(s.sizes) if s.device.type == "cuda" else min(s.sizes)
     changes = [("fp32, NCHW, heads one after another", {})]
     if s.device.type == "cuda":  # train.py trains in fp32 on the CPU
-        changes.append(("+ bf16 autocast", {"amp": True}))
+        changes.append((f"+ {_amp_name(s.device)} autocast", {"amp": True}))
     changes += [("+ channels_last", {"channels_last": True}), ("+ heads run together (GroupedDAN)", {"grouped": True})]
     if use_compile:
         changes.append(("+ torch.compile", {"compile": True}))
@@ -474,9 +474,15 @@ def _inference_row(name: str, make: Callable[[], Callable], s: Settings, size: i
             "images_per_s": s.infer_batch / statistics.median(rate)}
 
 
+def _amp_name(device: torch.device) -> str:
+    """bf16 where the GPU has it, else fp16 (with a GradScaler in training), as train.py chooses."""
+    return {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}[Precision.choose(device, True).dtype]
+
+
 def _torch_predictor(model: nn.Module, device: torch.device, amp: bool) -> Callable:
     def predict(x: np.ndarray):
-        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        dtype = Precision.choose(device, amp).dtype
+        with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=amp):
             return model(torch.from_numpy(x).to(device))
     return predict
 
@@ -503,7 +509,7 @@ def inference_rows(s: Settings, threads: int, workdir: Path, pools: Pools) -> Li
     torch.set_num_threads(threads)
     gpu = device.type == "cuda"
     ort_where = f"CPU, {threads} threads"
-    where = "CUDA, bf16 autocast" if gpu else ort_where
+    where = f"CUDA, {_amp_name(device)} autocast" if gpu else ort_where
     for size in s.infer_sizes:
         torch.manual_seed(0)
         state = build_model("dan", num_classes=len(CLASSES), num_heads=4).state_dict()
