@@ -19,7 +19,7 @@ from utils.distributed import DistInfo
 from utils.engine import Precision, evaluate
 from utils.errors import UserError, run_cli
 from utils.metrics import format_table, full_report
-from utils.misc import cpu_count, resolve_device, setup_logging
+from utils.misc import cpu_count, keep_freed_memory, resolve_device, setup_logging
 from utils.plots import plot_confusion, plot_tsne
 
 ROOT = Path(__file__).resolve().parent
@@ -85,6 +85,8 @@ def main(args) -> dict:
     setup_logging()
     device = resolve_device(args.device)
     torch.set_num_threads(cpu_count())
+    if device.type == "cpu":
+        keep_freed_memory()
     checkpoint = Path(args.checkpoint)
     if not checkpoint.is_file() and checkpoint == Path(DEFAULT_MODEL.relative_to(ROOT)):
         checkpoint = DEFAULT_MODEL

@@ -123,6 +123,7 @@ def test_fp16_autocast_with_grad_scaler_trains(monkeypatch):
     step = TrainStep(model, build_criterion("dan", model))
     optimizer = torch.optim.SGD(step.parameters(), lr=0.01, momentum=0.9)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: 1.0)
+    assert Precision.choose(torch.device("cpu"), True, "fp16") == Precision()  # the CPU trains in fp32
     precision = Precision(True, torch.float16)
     assert precision.needs_scaler
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8, enabled=True)

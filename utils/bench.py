@@ -55,7 +55,7 @@ from utils.distributed import DistInfo
 from utils.engine import Precision, TrainStep, train_one_epoch
 from utils.errors import UserError, run_cli
 from utils.export_onnx import model_proto, quantize_int8
-from utils.misc import cpu_count, resolve_device, setup_logging
+from utils.misc import cpu_count, keep_freed_memory, resolve_device, setup_logging
 
 ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("bench")
@@ -656,11 +656,13 @@ def main(args) -> Dict:
     threads = args.threads or (1 if args.quick else cpu_count())
     infer_threads = args.infer_threads or (1 if args.quick else 2)
     torch.set_num_threads(threads)
+    tuned_malloc = device.type == "cpu" and keep_freed_memory()  # as train.py and test.py run on the CPU
     if device.type == "cuda":  # as train.py sets them; autotuning every shape would make --quick slow
         torch.backends.cudnn.benchmark = not args.quick
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     info = describe_machine(device, threads)
+    info["malloc_keeps_freed_memory"] = tuned_malloc
     data = resolve_data(args)
     rows: List[Dict] = []
     with tempfile.TemporaryDirectory(prefix="fer-bench-") as tmp:

@@ -23,10 +23,15 @@ class Precision:
     dtype: torch.dtype = torch.float32
 
     @staticmethod
-    def choose(device: torch.device, amp: Optional[bool]) -> "Precision":
+    def choose(device: torch.device, amp: Optional[bool], dtype: str = "auto") -> "Precision":
+        """`amp` None means on for CUDA; `dtype` is auto, bf16 or fp16 (auto: bf16 where the GPU has it)."""
         if device.type != "cuda" or amp is False:
             return Precision()
-        return Precision(True, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+        if dtype == "auto":
+            dtype = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        if dtype == "bf16" and not torch.cuda.is_bf16_supported():
+            raise UserError(f"{torch.cuda.get_device_name(device)} has no bfloat16; use --amp-dtype fp16")
+        return Precision(True, {"bf16": torch.bfloat16, "fp16": torch.float16}[dtype])
 
     @property
     def needs_scaler(self) -> bool:

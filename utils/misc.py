@@ -1,4 +1,5 @@
-"""Small things every script needs: logging, seeding, device and thread choice."""
+"""Small things every script needs: logging, seeding, device, thread and allocator choice."""
+import ctypes
 import logging
 import os
 import random
@@ -30,6 +31,30 @@ def resolve_device(name: str) -> torch.device:
     if name not in ("cpu",) and not name.startswith("cuda"):
         raise UserError(f"unknown device {name!r}; use auto, cpu or cuda")
     return torch.device(name)
+
+
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX = -1, -2, -4  # glibc's mallopt parameters (malloc.h)
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc's malloc keep freed memory for reuse instead of handing it back to the kernel.
+
+    By default every tensor over the mmap threshold (at most 32 MiB) is a fresh mmap, and freed
+    heap tops are trimmed, so each training step page-faults its activations in again: here
+    18,000 (DAN, 112 px) to 281,000 (EfficientNet-B3, 224 px) minor faults per step, 8-28 % of the
+    step spent in the kernel. With large blocks served from the heap, no trimming and a 256 MiB
+    top pad the faults are gone and CPU training steps are 1.05-1.23x faster (docs/speed.md).
+    The process keeps its peak memory until it exits, which suits training and evaluation.
+    Does nothing (returns False) off glibc, or with FER_MALLOC_TUNING=0 in the environment.
+    """
+    if os.environ.get("FER_MALLOC_TUNING", "1") == "0" or not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):  # musl and other C libraries
+        return False
+    return all(mallopt(option, value) == 1 for option, value in
+               ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1), (_M_TOP_PAD, 256 << 20)))
 
 
 def cpu_count() -> int:
