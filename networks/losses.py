@@ -8,6 +8,12 @@ from torch import nn
 from .outputs import ModelOutput
 
 
+def _unbiased_var(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """torch.var(x, dim) (unbiased) written out: the same numbers, and on the CPU a few times
+    faster than torch.var's reduction over a middle dimension (about 1% of a DAN training step)."""
+    return (x - x.mean(dim=dim, keepdim=True)).square().sum(dim=dim) / (x.shape[dim] - 1)
+
+
 def affinity_loss(features: torch.Tensor, labels: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
     """DAN's affinity loss: pull features to their class center, push centers apart.
 
@@ -21,7 +27,7 @@ def affinity_loss(features: torch.Tensor, labels: torch.Tensor, centers: torch.T
         each term clamped to [1e-12, 1e12], divided by B.
     """
     dist = (features.float() - centers[labels].float()).pow(2).sum(dim=1)  # (B,)
-    spread = centers.float().var(dim=0).sum()
+    spread = _unbiased_var(centers.float(), 0).sum()
     return (dist / spread).clamp(min=1e-12, max=1e12).sum() / features.shape[0]
 
 
@@ -35,7 +41,7 @@ def partition_loss(heads: torch.Tensor) -> torch.Tensor:
     num_heads = heads.shape[1]
     if num_heads == 1:
         return heads.new_zeros(())
-    var = heads.float().var(dim=1).mean()
+    var = _unbiased_var(heads.float(), 1).mean()
     return torch.log1p(num_heads / (var + torch.finfo(torch.float32).eps))
 
 

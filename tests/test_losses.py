@@ -50,3 +50,11 @@ def test_criterion_terms_and_weighted_total():
     total = total_loss(losses, {"ce": 1.0, "affinity": 0.5, "partition": 2.0})
     expected = losses["ce"] + 0.5 * losses["affinity"] + 2.0 * losses["partition"]
     assert math.isclose(total.item(), expected.item(), rel_tol=1e-6)
+
+
+def test_written_out_variance_equals_torch_var():
+    from networks.losses import _unbiased_var
+
+    x = torch.randn(6, 4, 9, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for dim in range(3):
+        assert torch.allclose(_unbiased_var(x, dim), x.var(dim=dim), rtol=1e-12, atol=1e-12)
