@@ -326,6 +326,8 @@ def interleaved_rates(trainers: Sequence[Trainer], s: Settings) -> List[List[flo
     """images/s of each trainer in each of s.repeats rounds ([trainer][round]). Every round times
     each trainer once, so a change in the machine's load hits all of them alike, and ratios are
     taken within a round."""
+    for t in trainers:  # building each one trimmed the heap (peak_memory): fault the memory back in, untimed
+        t.run(1)
     rounds = [[t.images_per_s() for t in trainers] for _ in range(s.repeats)]
     return [list(rates) for rates in zip(*rounds)]
 
