@@ -111,21 +111,20 @@ def evaluate(model: nn.Module, batches, normalize, *, device: torch.device, prec
     indices, labels, sources, preds, probs (N, C), loss (N,) and features (N, D) if asked."""
     model.eval()
     parts = {k: [] for k in ("indices", "labels", "sources", "probs", "loss", "features")}
-    last = len(batches) - 1
     bar = tqdm(batches, desc=desc, unit="batch", dynamic_ncols=True, leave=False, disable=not dist_info.is_main)
     for images, labels, sources, indices in bar:
         x = normalize(images.to(device, non_blocking=True))
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        labels = labels.to(device)
+        labels = labels.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=precision.dtype, enabled=precision.enabled):
             output = model(x)
         logits = output.logits.float()
         parts["loss"].append(F.cross_entropy(logits, labels, reduction="none"))
         parts["probs"].append(logits.softmax(1))
         parts["labels"].append(labels)
-        parts["sources"].append(sources.to(device))
-        parts["indices"].append(indices.to(device))
+        parts["sources"].append(sources.to(device, non_blocking=True))
+        parts["indices"].append(indices.to(device, non_blocking=True))
         if keep_features:
             parts["features"].append(output.features.float())
     bar.close()

@@ -41,9 +41,10 @@ def keep_freed_memory() -> bool:
 
     By default every tensor over the mmap threshold (at most 32 MiB) is a fresh mmap, and freed
     heap tops are trimmed, so each training step page-faults its activations in again: here
-    18,000 (DAN, 112 px) to 281,000 (EfficientNet-B3, 224 px) minor faults per step, 8-28 % of the
-    step spent in the kernel. With large blocks served from the heap, no trimming and a 256 MiB
-    top pad the faults are gone and CPU training steps are 1.05-1.23x faster (docs/speed.md).
+    16,000 (DAN, 112 px) to 794,000 (EfficientNet-B3, 224 px) minor faults per step, up to half
+    the step spent in the kernel. With large blocks served from the heap, no trimming and a
+    256 MiB top pad the faults are gone and CPU training steps are 1.10x (DAN, ResNet-18) to
+    1.79x (EfficientNet-B3 at 224 px) faster (benchmarks/bench_malloc.py, docs/speed.md).
     The process keeps its peak memory until it exits, which suits training and evaluation.
     Does nothing (returns False) off glibc, or with FER_MALLOC_TUNING=0 in the environment.
     """
