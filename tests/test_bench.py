@@ -49,3 +49,35 @@ def test_cuda_without_a_gpu_is_one_line_of_error():
 def test_repeat_yields_exactly_steps_across_epochs():
     assert list(Repeat([1, 2, 3], 7)) == [1, 2, 3, 1, 2, 3, 1]
     assert len(Repeat([1, 2, 3], 7)) == 7
+
+
+def test_compare_sets_runs_side_by_side_with_speedups(tmp_path):
+    from utils.bench import compare_reports
+    from utils.errors import UserError
+
+    def report(name, rows):
+        path = tmp_path / name
+        path.write_text(json.dumps({"machine": {"cpu": "test cpu", "cores": 2, "torch": "x", "command": name},
+                                    "rows": rows}))
+        return str(path)
+
+    a = report("a.json", [
+        {"section": "training", "name": "dan 112 px: model step alone", "images_per_s": 80.0},
+        {"section": "inference", "name": "DAN 224 px: onnx", "ms_median": 10.0, "images_per_s": 100.0},
+        {"section": "training", "name": "DAN / ResNet-18 step time, 112 px", "ratio": 1.40},
+        {"section": "data", "name": "only in a", "images_per_s": 5.0}])
+    b = report("b.json", [
+        {"section": "training", "name": "dan 112 px: model step alone", "images_per_s": 100.0},
+        {"section": "inference", "name": "DAN 224 px: onnx", "ms_median": 8.0, "images_per_s": 90.0},
+        {"section": "training", "name": "DAN / ResNet-18 step time, 112 px", "ratio": 1.12}])
+    lines = compare_reports([a, b]).splitlines()
+    row = {line.split(" | ")[0].strip("| "): line for line in lines if line.startswith("| ")}
+    assert row["dan 112 px: model step alone"].endswith("| 80.00 | 100.00 | 1.25x |")  # more images/s
+    assert row["DAN 224 px: onnx"].endswith("| ms_median | 10.00 | 8.00 | 1.25x |")  # fewer ms is faster
+    assert row["DAN / ResNet-18 step time, 112 px"].endswith("| 1.40 | 1.12 | 1.25x |")  # a lower ratio is better
+    assert row["only in a"].endswith("| 5.00 |  |  |")
+    with pytest.raises(UserError, match="no such file"):
+        compare_reports([a, str(tmp_path / "missing.json")])
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(UserError, match="not a report"):
+        compare_reports([str(tmp_path / "bad.json")])

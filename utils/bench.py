@@ -4,6 +4,7 @@
     python3 -m utils.bench --data /path/to/fer2013 --json runs/bench-cpu.json
     python3 -m utils.bench --device cuda --compile           # a GPU, torch.compile included
     python3 -m utils.bench --quick                           # tiny sizes in seconds: proves it runs
+    python3 -m utils.bench --compare before.json after.json  # two --json runs side by side
 
 Sections, each printed as a markdown table:
 
@@ -87,6 +88,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--infer-size", type=int, nargs="+", default=None,
                    help="inference image sizes (default 224, the issue's target, and 112, the shipped model)")
     p.add_argument("--compile", action="store_true", help="add torch.compile to the speed-up rows")
+    p.add_argument("--compare", nargs="+", metavar="JSON", default=None,
+                   help="measure nothing: set side by side the --json reports of earlier runs (the first is the base)")
     p.add_argument("--skip", nargs="*", default=[], choices=["training", "speedups", "data", "inference", "accuracy"],
                    help="sections to leave out")
     return p
@@ -649,8 +652,63 @@ def resolve_data(args) -> Optional[Path]:
     return default if (default / "train").is_dir() and not args.quick else None
 
 
+# The one figure each kind of row is compared by, and whether more of it is better.
+_HEADLINE = (("ms_median", False), ("images_per_s", True), ("accuracy", True), ("ratio", False))
+
+
+def _headline(row: Dict):
+    for key, higher_is_better in _HEADLINE:
+        if row.get(key) is not None:
+            return key, row[key], higher_is_better
+    return None
+
+
+def compare_reports(paths: Sequence[str]) -> str:
+    """A markdown table of the rows of several --json reports side by side: each row's headline
+    figure (batch-1 ms, images/s, accuracy or a ratio) in every run, and each later run's
+    speed-up over the first (>1 is better, whichever way the figure goes)."""
+    reports = []
+    for path in paths:
+        try:
+            report = json.loads(Path(path).read_text())
+            rows, machine = report["rows"], report["machine"]
+        except FileNotFoundError:
+            raise UserError(f"{path}: no such file") from None
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+            raise UserError(f"{path} is not a report written by `python3 -m utils.bench --json`") from None
+        reports.append(({(r["section"], r["name"]): r for r in rows}, machine))
+    names = list(dict.fromkeys(key for rows, _ in reports for key in rows))
+    out = ["| run | machine | torch | command |", "|---|---|---|---|"]
+    for i, (_, m) in enumerate(reports):
+        out.append(f"| {i + 1}: {Path(paths[i]).name} | {m.get('gpu') or m.get('cpu')}, {m.get('cores')} cores | "
+                   f"{m.get('torch')} | `{m.get('command', '')}` |")
+    heads = ["measurement", "figure"] + [f"run {i + 1}" for i in range(len(reports))]
+    heads += [f"run {i + 1} vs 1" for i in range(1, len(reports))]
+    out += ["", "| " + " | ".join(heads) + " |", "|" + "|".join(["---", "---"] + ["---:"] * (len(heads) - 2)) + "|"]
+    for key in names:
+        found = [rows.get(key) for rows, _ in reports]
+        first = next(r for r in found if r is not None)
+        headline = _headline(first)
+        if headline is None:
+            continue
+        figure, _, higher_is_better = headline
+        values = [r.get(figure) if r is not None else None for r in found]
+        cells = [key[1], figure] + [f"{v:,.2f}" if v is not None else "" for v in values]
+        for v in values[1:]:
+            if v is None or values[0] is None or not v or not values[0]:
+                cells.append("")
+            else:
+                cells.append(f"{(v / values[0]) if higher_is_better else (values[0] / v):.2f}x")
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
 def main(args) -> Dict:
     setup_logging()
+    if args.compare:
+        table = compare_reports(args.compare)
+        print(table)
+        return {"comparison": table}
     device = resolve_device(args.device)
     s = settings_for(args, device)
     # --quick proves the code runs: one thread keeps it fast when other jobs share the cores
