@@ -43,8 +43,8 @@ def keep_freed_memory() -> bool:
     heap tops are trimmed, so each training step page-faults its activations in again: here
     16,000 (DAN, 112 px) to 794,000 (EfficientNet-B3, 224 px) minor faults per step, up to half
     the step spent in the kernel. With large blocks served from the heap, no trimming and a
-    256 MiB top pad the faults are gone and CPU training steps are 1.10x (DAN, ResNet-18) to
-    1.79x (EfficientNet-B3 at 224 px) faster (benchmarks/bench_malloc.py, docs/speed.md).
+    256 MiB top pad the faults are gone: train.py runs 1.02x (DAN, 112 px) to 1.31x
+    (EfficientNet-B3, 224 px) faster here, a bare training loop 1.10-1.79x (docs/speed.md).
     The process keeps its peak memory until it exits, which suits training and evaluation.
     Does nothing (returns False) off glibc, or with FER_MALLOC_TUNING=0 in the environment.
     """
