@@ -203,8 +203,8 @@ def _train(args, device, dist_info) -> dict:
     else:
         args = resolve_args(args)
     torch.set_num_threads(args.threads or max(1, cpu_count() // dist_info.world_size))
-    if device.type == "cpu" and keep_freed_memory():
-        log.debug("glibc malloc keeps freed memory (no per-step page faults)")
+    if device.type == "cpu":
+        keep_freed_memory()
     if args.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from data.prepare.common import Problems, Sample, image_files
+from data.prepare.common import Problems, Sample, image_files, require_columns
 from utils.errors import UserError
 
 LABELS = {0: "neutral", 1: "happy", 2: "sad", 3: "surprise", 4: "fear", 5: "disgust", 6: "angry", 7: "contempt"}
@@ -85,9 +85,7 @@ def _read_manual_csv(path: Path, split: str, image_root: Path, classes: int, pro
     samples = []
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
-        missing = set(_COLUMNS) - set(reader.fieldnames or ())
-        if missing:
-            raise UserError(f"{path} lacks the columns {sorted(missing)}: is it AffectNet's training.csv?")
+        require_columns(reader, _COLUMNS, path, "is it AffectNet's training.csv?")
         for row in tqdm(reader, desc=path.name, unit="row", disable=None):
             where = f"{path}:{reader.line_num}"
             try:

@@ -141,10 +141,15 @@ def read_manifest(root: Path) -> dict[str, dict]:
         return {}
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
-        missing = set(MANIFEST_COLUMNS) - set(reader.fieldnames or ())
-        if missing:
-            raise UserError(f"{path} lacks the columns {sorted(missing)}: re-create it with python3 -m data.prepare")
+        require_columns(reader, MANIFEST_COLUMNS, path, "re-create it with python3 -m data.prepare")
         return {row["path"]: row for row in reader}
+
+
+def require_columns(reader: csv.DictReader, columns, path: Path, hint: str, kind: str = "columns") -> None:
+    """Raise a UserError naming the `columns` the CSV at `path` lacks, followed by `hint`."""
+    missing = set(columns) - set(reader.fieldnames or ())
+    if missing:
+        raise UserError(f"{path} lacks the {kind} {sorted(missing)}: {hint}")
 
 
 def check_destination(dst: Path, scanned: list[Path]) -> None:

@@ -14,7 +14,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from data.classes import normalize_class_name
-from data.prepare.common import Problems, Sample
+from data.prepare.common import Problems, Sample, require_columns
 from utils.errors import UserError
 
 LABELS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
@@ -114,9 +114,7 @@ def _read_ferplus(path: Path, problems: Problems) -> list:
     votes = []
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
-        missing = set(_FERPLUS_VOTES) - set(reader.fieldnames or ())
-        if missing:
-            raise UserError(f"{path} lacks the vote columns {sorted(missing)}: is it FER+'s fer2013new.csv?")
+        require_columns(reader, _FERPLUS_VOTES, path, "is it FER+'s fer2013new.csv?", kind="vote columns")
         for row in reader:
             try:
                 count = {name: int(row[name]) for name in _FERPLUS_VOTES}
