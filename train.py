@@ -231,7 +231,7 @@ def _train(args, device, dist_info) -> dict:
     elif resume is None:
         log.info("no pretrained backbone found (see --pretrained): training from random initialisation")
     model = build_model(args.model, pretrained=args.pretrained if resume is None else None, **model_args)
-    grouped = getattr(args, "grouped_heads", None)
+    grouped = args.grouped_heads
     if args.model == "dan" and (grouped if grouped is not None else device.type == "cuda"):
         model = group_heads(model)  # a DAN subclass with the same state dict: checkpoints stay plain DAN
     criterion = build_criterion(args.model, model, args.label_smoothing)

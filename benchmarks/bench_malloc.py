@@ -31,7 +31,7 @@ def measure(model: str, size: int, batch: int, steps: int, threads: int) -> dict
     from utils.misc import keep_freed_memory
 
     torch.set_num_threads(threads)
-    tuned = os.environ.get("FER_MALLOC_TUNING") != "0" and keep_freed_memory()
+    tuned = keep_freed_memory()  # does nothing with FER_MALLOC_TUNING=0
     torch.manual_seed(0)
     net = build_model(model, num_classes=7)
     step = TrainStep(net, build_criterion(model, net)).to(memory_format=torch.channels_last)

@@ -92,14 +92,15 @@ def load_backbone(model: nn.Module, path: str) -> None:
     unexpected = sorted(k for k in state if k not in own)
     if missing or unexpected:
         raise UserError(f"{path} does not fit the {type(model).__name__} backbone: "
-                        f"missing keys {_short(missing)}, unexpected keys {_short(unexpected)}")
+                        f"missing keys {short_keys(missing)}, unexpected keys {short_keys(unexpected)}")
     wrong = [k for k, v in state.items() if v.shape != own[k].shape]
     if wrong:
-        raise UserError(f"{path}: shape mismatch for {_short(wrong)}")
+        raise UserError(f"{path}: shape mismatch for {short_keys(wrong)}")
     target.load_state_dict(state, strict=False)
 
 
-def _short(keys, limit: int = 6) -> str:
+def short_keys(keys, limit: int = 6) -> str:
+    """The first `limit` names, comma-separated, and how many more; "none" for none."""
     if not keys:
         return "none"
     more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""

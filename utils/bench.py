@@ -485,8 +485,9 @@ def _amp_name(device: torch.device) -> str:
 
 
 def _torch_predictor(model: nn.Module, device: torch.device, amp: bool) -> Callable:
+    dtype = Precision.choose(device, amp).dtype
+
     def predict(x: np.ndarray):
-        dtype = Precision.choose(device, amp).dtype
         with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=amp):
             return model(torch.from_numpy(x).to(device))
     return predict

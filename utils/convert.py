@@ -12,7 +12,6 @@ names in the published model's output order. Source files are read with
 refused with the names of the objects it asks for.
 """
 import argparse
-import hashlib
 import logging
 import re
 from dataclasses import dataclass
@@ -24,10 +23,11 @@ from torch import nn
 
 from data.classes import normalize_class_name
 from data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from networks import build_model
+from networks import build_model, short_keys
 from networks.dan import TRUNK_LAYERS
 from utils.checkpoint import FORMAT, save_checkpoint, save_safetensors
 from utils.errors import UserError, run_cli
+from utils.export_onnx import file_digest
 from utils.misc import setup_logging
 
 log = logging.getLogger("convert")
@@ -90,14 +90,6 @@ def rename(keys, prefixes: Dict[str, str]) -> Dict[str, Optional[str]]:
     return out
 
 
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def read_state_dict(path: Path) -> Dict[str, torch.Tensor]:
     """The model's tensors from a published file, without unpickling arbitrary objects.
 
@@ -139,12 +131,6 @@ def _why_unsafe(path: Path, err: Exception) -> str:
     return (text.splitlines()[0] if text else type(err).__name__)[:200]
 
 
-def _short(keys: Sequence[str], limit: int = 6) -> str:
-    if not keys:
-        return "none"
-    return ", ".join(keys[:limit]) + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
-
-
 def count_heads(state: Dict[str, torch.Tensor], path: Path) -> int:
     """N, from the highest cat_head{i} index in the keys."""
     heads = {int(m.group(1)) for k in state if (m := re.match(r"cat_head(\d+)\.", k))}
@@ -152,7 +138,7 @@ def count_heads(state: Dict[str, torch.Tensor], path: Path) -> int:
         hint = (" It looks like a ResNet-18 backbone: use --format msceleb-resnet18."
                 if "layer1.0.conv1.weight" in state else "")
         raise UserError(f"{path} has no cat_head* keys, so it is not a checkpoint of the reference DAN "
-                        f"(its first keys: {_short(sorted(state), 4)}).{hint}")
+                        f"(its first keys: {short_keys(sorted(state), 4)}).{hint}")
     return max(heads) + 1
 
 
@@ -179,8 +165,8 @@ def load_reference_dan(state: Dict[str, torch.Tensor], fmt: str, path: Path) -> 
     if missing or unexpected or wrong:
         shapes = [f"{k} {tuple(state[k].shape)} where {tuple(own[wanted[k]].shape)} is expected" for k in wrong]
         raise UserError(f"{path} does not fit the {fmt} DAN ({num_heads} heads, {len(classes)} classes): "
-                        f"missing keys {_short(missing)}; unexpected keys {_short(unexpected)}; "
-                        f"wrong shapes {_short(shapes)}{_format_hint(state, fmt)}")
+                        f"missing keys {short_keys(missing)}; unexpected keys {short_keys(unexpected)}; "
+                        f"wrong shapes {short_keys(shapes)}{_format_hint(state, fmt)}")
     model.load_state_dict({wanted[k]: v for k, v in state.items()})
     return model
 

@@ -52,9 +52,7 @@ def export_onnx(checkpoint, out, transform: Callable = prepare_for_export, opset
     Returns:
         the checkpoint's metadata, as stored in the file.
     """
-    import onnx
-
-    from utils.checkpoint import atomic_write, load_model
+    from utils.checkpoint import load_model
 
     model, meta = load_model(checkpoint, "cpu")
     model = transform(model).eval()
@@ -66,10 +64,7 @@ def export_onnx(checkpoint, out, transform: Callable = prepare_for_export, opset
             stored[key] = meta[key]
     stored["source_sha256"] = file_digest(checkpoint)
     stored["export_version"] = EXPORT_VERSION
-    del proto.metadata_props[:]
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = META_KEY, json.dumps(stored)
-    atomic_write(Path(out), lambda tmp: onnx.save(proto, tmp))
+    save_with_meta(proto, stored, out)
     return stored
 
 
@@ -157,9 +152,12 @@ def _graph_outputs_class():
 
 
 def file_digest(path) -> str:
-    """SHA-256 of a file's bytes, hex."""
+    """SHA-256 of a file's bytes, hex (read in 1 MiB blocks; hashlib.file_digest needs Python 3.11)."""
+    h = hashlib.sha256()
     with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def default_cache_dir() -> Path:
@@ -255,17 +253,23 @@ def export_int8(fp32_path, data, meta) -> Path:
     """Quantise an exported fp32 graph to `<name>-int8.onnx`, keeping its metadata."""
     import onnx
 
-    from utils.checkpoint import atomic_write
-
     fp32_path = Path(fp32_path)
     dst = fp32_path.with_name(fp32_path.stem + "-int8.onnx")
     quantize_int8(fp32_path, dst, calibration_batches(data, meta))
-    proto = onnx.load(str(dst))
+    save_with_meta(onnx.load(str(dst)), {**meta, "quantized": "int8"}, dst)
+    return dst
+
+
+def save_with_meta(proto, meta: Dict[str, Any], path) -> None:
+    """Write an ONNX graph atomically with `meta` as its only metadata entry (JSON under META_KEY)."""
+    import onnx
+
+    from utils.checkpoint import atomic_write
+
     del proto.metadata_props[:]
     entry = proto.metadata_props.add()
-    entry.key, entry.value = META_KEY, json.dumps({**meta, "quantized": "int8"})
-    atomic_write(dst, lambda tmp: onnx.save(proto, tmp))
-    return dst
+    entry.key, entry.value = META_KEY, json.dumps(meta)
+    atomic_write(Path(path), lambda tmp: onnx.save(proto, tmp))
 
 
 if __name__ == "__main__":

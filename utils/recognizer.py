@@ -96,12 +96,11 @@ class TorchRunner:
         import torch
 
         from utils.checkpoint import load_model
+        from utils.misc import resolve_device
 
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise UserError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
-        if device == "cpu" and threads > 0:
+        self.torch, self.device = torch, resolve_device(device)
+        if self.device.type == "cpu" and threads > 0:
             torch.set_num_threads(threads)
-        self.torch, self.device = torch, torch.device(device)
         self.model, self.meta = load_model(checkpoint, self.device)
 
     def __call__(self, x: np.ndarray) -> Dict[str, np.ndarray]:
@@ -187,7 +186,6 @@ class EmotionRecognizer:
         if grayscale is None:
             grayscale = bool(self.meta.get("grayscale", "converted_from" not in self.meta))
         self.grayscale = grayscale
-        self.detector_name = detector
         self.detector = build_detector(detector, **(detector_options or {}))
         self.margin, self.align, self.max_pixels = margin, align, max_pixels
 
