@@ -1,4 +1,6 @@
-"""utils.bench: the --quick run works end to end and writes every section; no speed is asserted."""
+"""utils.bench: the --quick run works end to end and writes every section; benchmarks/bench_step_profile.py
+counts multiply-adds right and runs at a tiny size. No speed is asserted."""
+import importlib.util
 import json
 import math
 import subprocess
@@ -81,3 +83,40 @@ def test_compare_sets_runs_side_by_side_with_speedups(tmp_path):
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(UserError, match="not a report"):
         compare_reports([str(tmp_path / "bad.json")])
+
+
+def _load_step_profile():
+    spec = importlib.util.spec_from_file_location("bench_step_profile", ROOT / "benchmarks" / "bench_step_profile.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_step_profile_counts_multiply_adds_by_hand():
+    profile = _load_step_profile()
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.Conv2d(4, 6, (1, 3), padding=(0, 1)))
+    macs = profile.conv_macs_per_call(net, lambda: net(torch.randn(2, 3, 5, 5)))
+    # First: 2*4*5*5 outputs x 3*3*3 taps; the image needs no gradient, so backward = weight grad only.
+    assert macs[((2, 3, 5, 5), (4, 3, 3, 3))] == (5400, 5400)
+    # Second: 2*6*5*5 outputs x 4*1*3 taps; backward computes the input's and the weight's gradients.
+    assert macs[((2, 4, 5, 5), (6, 4, 1, 3))] == (3600, 7200)
+
+
+def test_step_profile_tiny_run(tmp_path, capsys):
+    profile = _load_step_profile()
+    out = tmp_path / "profile.json"
+    args = profile.get_args_parser().parse_args(["--size", "32", "--batch", "2", "--rounds", "1", "--steps", "1",
+                                                 "--threads", "1", "--json", str(out)])
+    report = profile.main(args)
+    assert json.loads(out.read_text())["phases_ms"] == report["phases_ms"]
+    assert set(report["phases_ms"]) == {"dan", "resnet18", "dan, heads NCHW"}
+    for times in report["phases_ms"].values():
+        assert times["step"] == pytest.approx(times["forward"] + times["backward"] + times["optimizer"])  # one step: its own sum
+    shapes = {(tuple(r["input"]), tuple(r["weight"])) for r in report["convolutions"]}
+    # A 32 px image leaves a 1x1 map for the heads: their 1x1, 3x3, 1x3 and 3x1 convolutions are all there.
+    for weight in ((256, 512, 1, 1), (512, 256, 3, 3), (512, 256, 1, 3), (512, 256, 3, 1)):
+        assert any(w == weight for _, w in shapes), weight
+    head_3x3 = next(r for r in report["convolutions"] if tuple(r["weight"]) == (512, 256, 3, 3) and r["calls"] == 4)
+    assert head_3x3["forward_mac_per_call"] == 2 * 512 * 1 * 1 * 256 * 9
+    assert len(report["head_convolution_forms"]) == 3
+    assert "| step, DAN's heads in NCHW |" in capsys.readouterr().out
