@@ -25,31 +25,17 @@ def measure(model: str, size: int, batch: int, steps: int, threads: int) -> dict
     sys.path.insert(0, str(ROOT))
     import torch
 
-    from networks import build_criterion, build_model
-    from networks.losses import total_loss
-    from utils.engine import TrainStep
+    from benchmarks.bench_step_profile import Setup
     from utils.misc import keep_freed_memory
 
     torch.set_num_threads(threads)
-    tuned = keep_freed_memory()  # does nothing with FER_MALLOC_TUNING=0
-    torch.manual_seed(0)
-    net = build_model(model, num_classes=7)
-    step = TrainStep(net, build_criterion(model, net)).to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(step.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
-    x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 7, (batch,))
-
-    def one():
-        _, losses = step(x, y)
-        optimizer.zero_grad(set_to_none=True)
-        total_loss(losses, {}).backward()
-        optimizer.step()
-
+    tuned = keep_freed_memory()  # does nothing with FER_MALLOC_TUNING=0; before the model is built
+    setup = Setup(model, size, batch, "channels_last")
     for _ in range(2):
-        one()
+        setup.run()
     before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     for _ in range(steps):
-        one()
+        setup.run()
     seconds = (time.perf_counter() - start) / steps
     after = resource.getrusage(resource.RUSAGE_SELF)
     return {"tuned": tuned, "ms_per_step": 1000 * seconds,

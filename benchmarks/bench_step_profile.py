@@ -28,6 +28,7 @@ from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 from networks import build_criterion, build_model  # noqa: E402
 from networks.losses import total_loss  # noqa: E402
+from utils.bench import _timed  # noqa: E402
 from utils.engine import TrainStep  # noqa: E402
 from utils.misc import keep_freed_memory  # noqa: E402
 
@@ -150,15 +151,10 @@ def conv_table(setup: Setup, steps: int) -> List[Dict]:
 
 
 def _median_ms(fn: Callable[[], object], rounds: int, calls: int = 4) -> float:
+    """Median over `rounds` of the mean time of `calls` calls, after one untimed call."""
     fn()
-    return statistics.median(_timed_ms(fn, calls) for _ in range(rounds))
-
-
-def _timed_ms(fn: Callable[[], object], calls: int) -> float:
-    start = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    return 1000 * (time.perf_counter() - start) / calls
+    times = _timed(lambda: [fn() for _ in range(calls)], rounds, torch.device("cpu"))
+    return 1000 * statistics.median(times) / calls
 
 
 def head_conv_forms(batch: int, side: int, layout: str, rounds: int) -> List[Dict]:

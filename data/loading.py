@@ -57,8 +57,8 @@ class ShardedSampler(Sampler):
         return iter(self.indices().tolist())
 
     def __len__(self) -> int:
-        # Arithmetic, not len(self.indices()): the training loop asks every step, and drawing a
-        # permutation (or weighted samples) of a large dataset each time costs milliseconds.
+        # Arithmetic, not len(self.indices()), which would draw a permutation (or weighted
+        # samples) of the whole dataset just to count it.
         if self.shuffle:
             return -(-self.n // self.world_size)
         return len(range(self.rank, self.n, self.world_size))

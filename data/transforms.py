@@ -71,14 +71,15 @@ class Normalize:
         self.std = torch.tensor(std).view(1, 3, 1, 1)
         self._on = {}  # device -> (mean, std) there, copied once
 
-    def stats(self, device: torch.device):
-        if device not in self._on:
-            self._on[device] = (self.mean.to(device), self.std.to(device))
-        return self._on[device]
+    def standardize(self, x: torch.Tensor) -> torch.Tensor:
+        """float (B, 3, S, S) in [0, 1] -> (x - mean) / std."""
+        if x.device not in self._on:
+            self._on[x.device] = (self.mean.to(x.device), self.std.to(x.device))
+        mean, std = self._on[x.device]
+        return (x - mean) / std
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        mean, std = self.stats(images.device)
-        return (images.float() / 255.0 - mean) / std
+        return self.standardize(images.float() / 255.0)
 
 
 def compose_affine(angle: torch.Tensor, zoom: torch.Tensor, shift: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
@@ -137,6 +138,5 @@ class TrainAugment:
         theta = to_device(self.affine_matrices(x.shape[0]), x.device)
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        mean, std = self.normalize.stats(x.device)
-        x = (x - mean) / std
+        x = self.normalize.standardize(x)
         return self.erase(x) if self.config.p_erase > 0 else x

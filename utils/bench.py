@@ -567,14 +567,12 @@ def accuracy_rows(checkpoint: Path, data: Path, workdir: Path, threads: int,
     int8_path = quantize_int8(fused_path, workdir / "checkpoint-fused-int8.onnx", calibration)
 
     def torch_predict(m):
-        def predict(x):
-            with torch.inference_mode():
-                return m(torch.from_numpy(x)).logits.numpy()
-        return predict
+        predict = _torch_predictor(m, torch.device("cpu"), amp=False)
+        return lambda x: predict(x).logits.numpy()
 
     def ort_predict(path):
-        session = ort_session(path, threads)
-        return lambda x: session.run(["logits"], {"input": x})[0]
+        predict = _ort_predictor(path, threads)
+        return lambda x: predict(x)[0]  # outputs: logits first (utils.export_onnx)
 
     rows = []
     for name, predict in [("PyTorch fp32 (as trained)", torch_predict(model)),

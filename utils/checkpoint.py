@@ -20,7 +20,7 @@ from typing import Any, Dict, Tuple
 import torch
 from torch import nn
 
-from utils.errors import UserError
+from utils.errors import UserError, first_line
 
 FORMAT = "fer-checkpoint"
 META_KEYS = ("model", "model_args", "classes", "img_size", "mean", "std")
@@ -58,8 +58,7 @@ def load_checkpoint(path) -> Dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"{path} cannot be loaded safely as a checkpoint ({first[:200]}); files that need "
+        raise UserError(f"{path} cannot be loaded safely as a checkpoint ({first_line(err)}); files that need "
                         "arbitrary unpickling are refused; if it is a published DAN file, convert it with "
                         "python3 -m utils.convert") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:

@@ -26,7 +26,7 @@ from data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from networks import build_model, short_keys
 from networks.dan import TRUNK_LAYERS
 from utils.checkpoint import FORMAT, save_checkpoint, save_safetensors
-from utils.errors import UserError, run_cli
+from utils.errors import UserError, first_line, run_cli
 from utils.export_onnx import file_digest
 from utils.misc import setup_logging
 
@@ -127,8 +127,7 @@ def _why_unsafe(path: Path, err: Exception) -> str:
         names = []
     if names:
         return f"it asks for {', '.join(names)}"
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip()
-    return (text.splitlines()[0] if text else type(err).__name__)[:200]
+    return first_line(err)
 
 
 def count_heads(state: Dict[str, torch.Tensor], path: Path) -> int:

@@ -54,11 +54,11 @@ class TrainStep(nn.Module):
 
 def train_one_epoch(step: nn.Module, batches, optimizer, scheduler, scaler, augment, *, device: torch.device,
                     precision: Precision, loss_weights: Dict[str, float], channels_last: bool,
-                    dist_info: DistInfo, desc: str, log_every: int = 0) -> Dict[str, float]:
+                    dist_info: DistInfo, desc: str) -> Dict[str, float]:
     """One pass over `batches`; returns the mean of each loss term, total loss, accuracy and images/s."""
     step.train()
     # Reading a number back waits for the GPU: do it every 50 steps there, every 10 on the CPU.
-    log_every = log_every or (50 if device.type == "cuda" else 10)
+    log_every = 50 if device.type == "cuda" else 10
     sums: Dict[str, torch.Tensor] = {}
     correct = torch.zeros((), device=device)
     seen = torch.zeros((), device=device)

@@ -1,10 +1,18 @@
 """Errors meant for people, and the wrapper that turns them into one line on stderr."""
 import logging
+import re
 import sys
 
 
 class UserError(Exception):
     """A problem with the user's input or files: the message says what to do."""
+
+
+def first_line(err: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message without terminal colour codes (its type's name
+    when it has none), cut to `limit`."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip()
+    return (text.splitlines()[0] if text else type(err).__name__)[:limit]
 
 
 def run_cli(main, *args, **kwargs):

@@ -226,6 +226,7 @@ def check_against_torch(checkpoint, onnx_path, batch: int = 3, seed: int = 0) ->
     import torch
 
     from utils.checkpoint import load_model
+    from utils.recognizer import softmax
 
     model, meta = load_model(checkpoint, "cpu")
     size = int(meta["img_size"])
@@ -234,8 +235,7 @@ def check_against_torch(checkpoint, onnx_path, batch: int = 3, seed: int = 0) ->
         p_torch = torch.softmax(model(x).logits, dim=1).numpy()
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     logits = session.run(["logits"], {"input": x.numpy()})[0]
-    e = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return float(np.abs(e / e.sum(axis=1, keepdims=True) - p_torch).max())
+    return float(np.abs(softmax(logits) - p_torch).max())
 
 
 def main(args) -> None:

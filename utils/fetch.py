@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional, Tuple
 from urllib.parse import urlsplit
 
-from utils.errors import UserError
+from utils.errors import UserError, first_line
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -82,7 +82,7 @@ def fetch(url: str, limits: FetchLimits = FetchLimits()) -> Tuple[bytes, str]:
             raise UserError(f"{url}: no answer within {limits.read_timeout:g} s (timed out)") from None
         raise UserError(f"{url}: cannot connect ({_reason(err)})") from None
     except requests.RequestException as err:
-        raise UserError(f"{url}: download failed ({_first_line(err)})") from None
+        raise UserError(f"{url}: download failed ({first_line(err)})") from None
     finally:
         session.close()
 
@@ -112,9 +112,4 @@ def _mb(n: int) -> str:
 def _reason(err: Exception) -> str:
     """The operating system's words inside requests' nested connection errors, when there are any."""
     found = re.search(r"\[Errno -?\d+\] ([^'\")]+)", str(err))
-    return found.group(1).strip() if found else _first_line(err)
-
-
-def _first_line(err: Exception) -> str:
-    text = str(err).strip()
-    return (text.splitlines()[0] if text else type(err).__name__)[:200]
+    return found.group(1).strip() if found else first_line(err)

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from data.images import MAX_PIXELS, decode_image
-from utils.errors import UserError
+from utils.errors import UserError, first_line
 from utils.faces import Detection, build_detector, crop_face, normalize, resize_faces
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,7 +81,7 @@ class OnnxRunner:
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as err:
-            raise UserError(f"{path}: onnxruntime cannot load it ({str(err).splitlines()[0][:200]})") from None
+            raise UserError(f"{path}: onnxruntime cannot load it ({first_line(err)})") from None
         self.meta = read_onnx_meta(self.session)
         self.outputs = [o.name for o in self.session.get_outputs()]
 

@@ -59,23 +59,27 @@ def iter_inputs(params: Sequence[str], limits: FetchLimits = FetchLimits(), max_
                 for path in files:
                     yield _load_file(str(path), max_pixels)
             elif Path(param).is_file():
-                if is_video_file(param):
-                    yield from iter_frames(param, param, frame_stride, max_frames)
-                else:
-                    yield _load_file(param, max_pixels)
+                yield from _from_file(param, max_pixels, frame_stride, max_frames)
             elif any(c in param for c in "*?["):
                 matches = sorted(p for p in glob.glob(param, recursive=True) if Path(p).is_file())
                 if not matches:
                     yield Input(param, error=f"{param}: no file matches this pattern")
                 for path in matches:
-                    yield from (iter_frames(path, path, frame_stride, max_frames) if is_video_file(path)
-                                else [_load_file(path, max_pixels)])
+                    yield from _from_file(path, max_pixels, frame_stride, max_frames)
             elif re.match(r"^[a-z][a-z0-9+.-]*://", param, re.I):
                 yield Input(param, error=f"{param}: only http and https URLs are fetched")
             else:
                 yield Input(param, error=f"{param}: no such file or folder")
         except UserError as err:
             yield Input(param, error=str(err))
+
+
+def _from_file(path: str, max_pixels: int, frame_stride: int, max_frames: Optional[int]) -> Iterator[Input]:
+    """A video's frames, or the one image a file holds."""
+    if is_video_file(path):
+        yield from iter_frames(path, path, frame_stride, max_frames)
+    else:
+        yield _load_file(path, max_pixels)
 
 
 def _timed(name: str, load) -> Input:

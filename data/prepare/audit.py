@@ -9,6 +9,7 @@ An image "leaks" when a copy of it (or its subject) is in an earlier split, in t
 train, val, test, then any other split by name. A val/ that is an exact copy of test/ (the
 held-out-fold protocol, --val-is-test) is reported as such, not as a leak.
 """
+import contextlib
 import hashlib
 import json
 import re
@@ -135,27 +136,14 @@ def _fingerprint(root: Path, images: list[_Image], workers: int) -> list[dict]:
     """Fill in each image's pixel digest and perceptual hash; return the unreadable files."""
     paths = [root / im.path for im in images]
     unreadable = []
-    with Pool(workers) if workers > 1 else _NoPool() as pool:
-        results = pool.imap(fingerprint, paths, chunksize=64)
+    with Pool(workers) if workers > 1 else contextlib.nullcontext() as pool:
+        results = pool.imap(fingerprint, paths, chunksize=64) if pool else map(fingerprint, paths)
         for im, (digest, phash, error) in zip(images, tqdm(results, total=len(paths), desc="auditing",
                                                            unit="img", disable=None)):
             im.digest, im.phash = digest, phash
             if error:
                 unreadable.append({"path": im.path, "error": error})
     return unreadable
-
-
-class _NoPool:
-    """Pool's imap in this process, for --workers 1."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def imap(self, function, items, chunksize=1):
-        return map(function, items)
 
 
 def fingerprint(path: Path) -> tuple[Optional[bytes], Optional[int], str]:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
-from data.prepare.common import Problems, Sample
+from data.prepare.common import Problems, Sample, require_columns
 from utils.errors import UserError
 
 
@@ -102,8 +102,7 @@ def read_folds_csv(path: Path, problems: Problems) -> dict[str, int]:
     fold_of = {}
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
-        if not {"subject", "fold"} <= set(reader.fieldnames or ()):
-            raise UserError(f"{path} needs the columns subject,fold; it has {reader.fieldnames}")
+        require_columns(reader, ("subject", "fold"), path, "give a CSV with the columns subject,fold")
         for row in reader:
             try:
                 fold_of[row["subject"].strip()] = int(row["fold"])
