@@ -3,7 +3,7 @@
     python3 benchmarks/bench_detectors.py --data ../shared/data --photo t1.jpg "105,320;330,200;..."
 
 Three kinds of test image:
-  * photos with their faces' centres given by hand (the astronaut photo scikit-image ships is
+  * photos with their faces' centres given by hand (the astronaut photo in Data/samples is
     always included; add others with --photo PATH "x,y;x,y;...");
   * FER2013 validation faces and CK+ faces (48x48 grey crops of real faces), each enlarged 3x
     and pasted at a random place on a 320x320 grey canvas, when --data holds them.
@@ -23,15 +23,14 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.photos import astronaut_640x480  # noqa: E402
 from utils.faces import build_detector  # noqa: E402
 
 DETECTORS = ["haar", "haar-alt2", "mtcnn"]
 
 
-def astronaut_640x480():
-    from skimage import data
-    image = Image.fromarray(data.astronaut()).resize((640, 640)).crop((0, 80, 640, 560))
-    return np.asarray(image), [(281, 62)]
+def astronaut_with_centre():
+    return astronaut_640x480(), [(281, 62)]
 
 
 def pasted_crops(folder: Path, n: int, seed: int):
@@ -89,7 +88,7 @@ def main():
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
 
-    astro, centres = astronaut_640x480()
+    astro, centres = astronaut_with_centre()
     photos = [(astro, centres)]
     for path, text in args.photo:
         photos.append((np.asarray(Image.open(path).convert("RGB")),

@@ -3,7 +3,7 @@
     python3 benchmarks/bench_predict.py                      # a random DAN at 224 px
     python3 benchmarks/bench_predict.py --checkpoint Data/dan_fer2013.safetensors
 
-The photo is scikit-image's astronaut at 640x480 (one face). Latency is the median over --runs
+The photo is the astronaut in Data/samples at 640x480 (one face). Latency is the median over --runs
 calls of detection + classification + formatting the JSON line and the table, after warm-up.
 Cold start is the wall time of `python3 predict.py --params <photo> --checkpoint <model>` in a
 fresh process (with the ONNX export cached, as on every run after the first), and a breakdown of
@@ -66,9 +66,11 @@ def make_checkpoint(path: str, img_size: int) -> None:
 
 
 def photo_640x480(path: Path) -> None:
+    sys.path.insert(0, str(ROOT))
     from PIL import Image
-    from skimage import data
-    Image.fromarray(data.astronaut()).resize((640, 640)).crop((0, 80, 640, 560)).save(path, quality=92)
+
+    from benchmarks.photos import astronaut_640x480
+    Image.fromarray(astronaut_640x480()).save(path, quality=92)
 
 
 def wall(cmd, env) -> float:

@@ -7,7 +7,6 @@ datasets name their files), else from the dataset folder's name.
 """
 import csv
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -17,6 +16,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from data.prepare.common import MANIFEST, split_source_prefix
 from utils.errors import UserError
 
 from .classes import normalize_class_name
@@ -43,14 +43,11 @@ def find_datasets(root: Path) -> List[Path]:
 
 def read_manifest_sources(root: Path) -> Dict[str, str]:
     """{relative path: source} from the manifest.csv that `python3 -m data.prepare` writes, if any."""
-    manifest = root / "manifest.csv"
+    manifest = root / MANIFEST
     if not manifest.is_file():
         return {}
     with open(manifest, newline="") as f:
         return {row["path"]: row["source"] for row in csv.DictReader(f) if row.get("path") and row.get("source")}
-
-
-_PREFIX = re.compile(r"^([A-Za-z0-9+\-]+)__")
 
 
 def source_of(path: Path, root: Path, manifest: Dict[str, str]) -> str:
@@ -59,8 +56,7 @@ def source_of(path: Path, root: Path, manifest: Dict[str, str]) -> str:
     rel = path.relative_to(root).as_posix()
     if rel in manifest:
         return manifest[rel]
-    match = _PREFIX.match(path.name)
-    return match.group(1) if match else root.name
+    return split_source_prefix(path.name)[0] or root.name
 
 
 class FaceFolder(Dataset):

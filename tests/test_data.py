@@ -38,6 +38,12 @@ def test_merged_file_names_carry_their_source(tmp_path):
     assert FaceFolder([root], "train", 32).sources == ["ckplus", "rafdb"]
 
 
+def test_merged_source_names_may_hold_single_underscores(tmp_path):
+    # data.prepare names CK+48's source ck_plus_48; only the first "__" ends the source.
+    root = make_image_folder(tmp_path / "merged", ["happy"], per_class=2, prefix="ck_plus_48__S005__")
+    assert FaceFolder([root], "train", 32).sources == ["ck_plus_48"]
+
+
 def test_manifest_names_the_source(tmp_path):
     root = make_image_folder(tmp_path / "merged", ["happy"], per_class=2, splits=("train",))
     files = sorted((root / "train" / "happy").iterdir())

@@ -111,25 +111,18 @@ def quantize_int8(src: Path, dst: Path, calibration) -> Path:
 
 def calibration_batches(folder, meta, images: int = 512, batch: int = 64):
     """Normalised float32 (B, 3, S, S) batches of up to `images` training images, evenly spread,
-    prepared as training prepares them (resize, grey if the model is grey, normalise)."""
-    import numpy as np
-
+    prepared as prediction prepares faces (utils.faces: grey when the model takes grey, normalised)."""
     from data.datasets import FaceFolder
+    from utils.faces import normalize, resize_faces, wants_grayscale
 
     root = Path(folder)
-    split = "train" if (root / "train").is_dir() else None
-    if split is None:
+    if not (root / "train").is_dir():
         raise UserError(f"--int8 {folder}: expected a dataset folder with train/<class>/ images")
-    dataset = FaceFolder([root], split, int(meta["img_size"]), skip_unknown=True, classes=meta["classes"])
+    size = int(meta["img_size"])
+    dataset = FaceFolder([root], "train", size, skip_unknown=True, classes=meta["classes"])
     step = max(1, len(dataset) // images)
-    picked = [dataset.load(i).numpy() for i in range(0, len(dataset), step)][:images]
-    x = np.stack(picked).astype(np.float32) / 255.0
-    if meta.get("grayscale", True) and x.shape[1] == 3:
-        grey = 0.299 * x[:, :1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:]  # PIL's "L" weights
-        x = np.repeat(grey, 3, axis=1)
-    mean = np.asarray(meta["mean"], np.float32).reshape(1, 3, 1, 1)
-    std = np.asarray(meta["std"], np.float32).reshape(1, 3, 1, 1)
-    x = (x - mean) / std
+    faces = [dataset.load(i).permute(1, 2, 0).numpy() for i in range(0, len(dataset), step)[:images]]
+    x = normalize(resize_faces(faces, size, wants_grayscale(meta)), meta["mean"], meta["std"])
     return [x[k:k + batch] for k in range(0, len(x), batch)]
 
 

@@ -152,6 +152,16 @@ def crop_face(image: np.ndarray, det: Detection, margin: float = 0.2, align: boo
     return cv2.warpAffine(image, matrix, (side, side), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
+def wants_grayscale(meta: dict) -> bool:
+    """Whether a model's faces go in grey, from its checkpoint's meta.
+
+    Unless the checkpoint says, grey: a model trained on grey faces (FER2013, CK+) misreads colour
+    ones badly, while a colour model loses little on grey. Converted published DAN weights
+    (utils/convert.py) were trained on colour RAF-DB/AffectNet.
+    """
+    return bool(meta.get("grayscale", "converted_from" not in meta))
+
+
 def resize_faces(crops: Sequence[np.ndarray], size: int, grayscale: bool = False) -> np.ndarray:
     """Crops -> uint8 (B, size, size, 3), resized with PIL bilinear like the training data.
 

@@ -18,7 +18,7 @@ from PIL import Image
 
 from data.images import MAX_PIXELS, decode_image
 from utils.errors import UserError, first_line
-from utils.faces import Detection, build_detector, crop_face, normalize, resize_faces
+from utils.faces import Detection, build_detector, crop_face, normalize, resize_faces, wants_grayscale
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CHECKPOINT = ROOT / "Data" / "dan_fer2013.safetensors"
@@ -180,12 +180,7 @@ class EmotionRecognizer:
         self.classes: List[str] = list(self.meta["classes"])
         self.img_size = int(self.meta["img_size"])
         self.mean, self.std = self.meta["mean"], self.meta["std"]
-        # Unless the checkpoint says otherwise, faces go in grey: a model trained on grey faces
-        # (FER2013, CK+) misreads colour ones badly, while a colour model loses little on grey.
-        # Converted published DAN weights (utils/convert.py) were trained on colour RAF-DB/AffectNet.
-        if grayscale is None:
-            grayscale = bool(self.meta.get("grayscale", "converted_from" not in self.meta))
-        self.grayscale = grayscale
+        self.grayscale = wants_grayscale(self.meta) if grayscale is None else grayscale
         self.detector = build_detector(detector, **(detector_options or {}))
         self.margin, self.align, self.max_pixels = margin, align, max_pixels
 

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from data.prepare.common import (SOURCE_SEPARATOR, SPLITS, image_files, read_manifest, sub_folders)
+from data.prepare.common import SPLITS, image_files, read_manifest, split_source_prefix, sub_folders
 from data.prepare.folder import compile_subject_regex, subject_of
 from utils.errors import UserError
 
@@ -124,7 +124,7 @@ def _scan(root: Path, subject_regex) -> tuple[list[_Image], list[str]]:
 def _subject(rel: str, name: str, manifest: dict, subject_regex) -> str:
     """'source/subject' of an image, '' when unknown."""
     row = manifest.get(rel, {})
-    source, _, bare = name.rpartition(SOURCE_SEPARATOR)
+    source, bare = split_source_prefix(name)
     source = row.get("source") or source
     subject = row.get("subject", "")
     if not subject and subject_regex is not None:

@@ -102,6 +102,15 @@ class Problems:
         return "\n".join(lines)
 
 
+def split_source_prefix(name: str) -> tuple[str, str]:
+    """(source, rest) of a merged dataset's file name `<source>__<rest>`, else ("", name).
+
+    source_name never lets the separator into a source, so the first one ends it.
+    """
+    source, separator, rest = name.partition(SOURCE_SEPARATOR)
+    return (source, rest) if separator and source else ("", name)
+
+
 def source_name(text: str) -> str:
     """A name usable as a file-name prefix: lower case, [a-z0-9_+-], no '__' inside."""
     name = re.sub(r"[^a-z0-9_+-]+", "_", text.strip().lower())
