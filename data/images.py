@@ -1,7 +1,7 @@
 """Decoding images the way every script here needs them: RGB, upright, bounded in size."""
 import io
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -16,20 +16,28 @@ def is_image_file(path: Union[str, Path]) -> bool:
     return str(path).lower().endswith(IMAGE_EXTENSIONS)
 
 
-def decode_image(source: Union[str, Path, bytes], max_pixels: int = MAX_PIXELS) -> Image.Image:
+class ImageTooLarge(UserError):
+    """An image with more pixels than the limit it is decoded under."""
+
+
+def decode_image(source: Union[str, Path, bytes], max_pixels: int = MAX_PIXELS,
+                 name: Optional[str] = None) -> Image.Image:
     """Open a file path or encoded bytes as an upright 8-bit RGB image.
 
     EXIF orientation is applied; grey, palette, RGBA and 16-bit images are converted
-    (16-bit scaled to 8-bit, alpha composited on white).
+    (16-bit scaled to 8-bit, alpha composited on white). Messages name the image `name`, by
+    default its path (or "image data" for bytes).
 
     Raises:
-        UserError: the data is not a decodable image, or has more than `max_pixels` pixels.
+        ImageTooLarge: it has more than `max_pixels` pixels.
+        UserError: the data is not a decodable image.
     """
-    name = "image data" if isinstance(source, bytes) else str(source)
+    if name is None:
+        name = "image data" if isinstance(source, bytes) else str(source)
     try:
         image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
         if image.width * image.height > max_pixels:
-            raise UserError(f"{name}: {image.width}x{image.height} pixels is over the limit of "
+            raise ImageTooLarge(f"{name}: {image.width}x{image.height} pixels is over the limit of "
                             f"{max_pixels:,}; resize it first")
         image.load()
     except UserError:

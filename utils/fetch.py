@@ -93,14 +93,14 @@ def fetch_image(url: str, limits: FetchLimits = FetchLimits(), max_pixels: Optio
     Raises:
         UserError: as `fetch`, or the body is not a decodable image (an HTML page, say).
     """
-    from data.images import MAX_PIXELS, decode_image
+    from data.images import MAX_PIXELS, ImageTooLarge, decode_image
 
     body, content_type = fetch(url, limits)
     try:
-        return decode_image(body, max_pixels or MAX_PIXELS)
-    except UserError as err:
-        if "over the limit" in str(err):
-            raise UserError(f"{url}: {str(err).removeprefix('image data: ')}") from None
+        return decode_image(body, max_pixels or MAX_PIXELS, name=url)
+    except ImageTooLarge:
+        raise
+    except UserError:
         sent = f" (the server sent {content_type.split(';')[0]})" if content_type else ""
         raise UserError(f"{url}: the download is not an image{sent}") from None
 
