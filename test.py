@@ -17,7 +17,7 @@ from data.transforms import Normalize
 from utils.checkpoint import load_model
 from utils.distributed import DistInfo
 from utils.engine import Precision, evaluate
-from utils.errors import UserError, run_cli
+from utils.errors import ArgumentParser, UserError, number, run_cli
 from utils.metrics import format_table, full_report
 from utils.misc import cpu_count, keep_freed_memory, resolve_device, setup_logging
 from utils.plots import plot_confusion, plot_tsne
@@ -28,8 +28,8 @@ log = logging.getLogger("test")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Evaluate a facial-expression model.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(description="Evaluate a facial-expression model.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--checkpoint", default=str(DEFAULT_MODEL.relative_to(ROOT)),
                    help="a best.pth / last.pth from train.py, or a .safetensors model")
     p.add_argument("--data", nargs="+", default=None, help="dataset folders (default: every dataset under Data/)")
@@ -40,9 +40,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-unknown-classes", action="store_true",
                    help="leave out class folders the model does not know (e.g. CK+'s contempt for a FER2013 model)")
     p.add_argument("--tta", action="store_true", help="average the prediction with its horizontal flip")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=number(int, 1), default=128)
     p.add_argument("--device", default="auto")
-    p.add_argument("--workers", type=int, default=-1)
+    p.add_argument("--workers", type=number(int, -1), default=-1)
     p.add_argument("--no-tsne", action="store_true", help="skip the t-SNE plot (slow for large sets)")
     return p
 
@@ -93,8 +93,6 @@ def main(args) -> dict:
     if not checkpoint.is_file():
         raise UserError(f"checkpoint {args.checkpoint} not found; train one with python3 train.py "
                         "or pass --checkpoint")
-    if args.batch_size < 1:
-        raise UserError("--batch-size must be at least 1")
     model, meta = load_model(checkpoint, device)
     roots = [Path(d) for d in args.data] if args.data else find_datasets(ROOT / "Data")
     if not roots:

@@ -5,7 +5,6 @@
     torchrun --nproc_per_node 4 train.py --data ...    # several GPUs (PyTorch DDP)
 """
 import argparse
-import json
 import logging
 import math
 import time
@@ -15,47 +14,67 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from data.datasets import FaceFolder, find_datasets
-from data.loading import Batches, ShardedSampler, TensorCache, balanced_weights
+from data.loading import Batches, ShardedSampler, TensorCache, balanced_weights, source_repeats
 from data.transforms import IMAGENET_MEAN, IMAGENET_STD, PRESETS, Normalize, TrainAugment
 from networks import MODELS, build_criterion, build_model, default_pretrained
 from networks.fuse import group_heads
-from utils.checkpoint import load_checkpoint, load_state_strict, save_checkpoint, save_safetensors
+from utils.checkpoint import load_checkpoint, load_state_strict
 from utils.distributed import cleanup, init_distributed
-from utils.engine import Precision, TrainStep, evaluate, train_one_epoch
-from utils.errors import UserError, run_cli
+from utils.engine import Precision, TrainStep, evaluate, nonfinite_tensor, train_one_epoch
+from utils.errors import ArgumentParser, UserError, number, run_cli
+from utils.finetune import init_from
 from utils.metrics import confusion_matrix, summarize
 from utils.misc import (cpu_count, default_workers, keep_freed_memory, resolve_device, seed_everything,
                         setup_logging)
-from utils.plots import plot_history
+from utils.run_folder import RunFolder
 
 ROOT = Path(__file__).resolve().parent
+DEFAULT_EPOCHS = 40
+# What a resumed run may change: where and how it runs (and --epochs, --output), never what it learns.
+RUNTIME_ARGS = ("device", "workers", "threads", "amp", "amp_dtype", "compile", "cache", "cache_gb", "grouped_heads")
 log = logging.getLogger("train")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Train a facial-expression model.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(description="Train a facial-expression model.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", default="dan", choices=sorted(MODELS))
     p.add_argument("--data", nargs="+", default=None,
                    help="dataset folders with train/ and val/ (default: every dataset under Data/)")
-    p.add_argument("--epochs", type=int, default=40)
-    p.add_argument("--batch-size", type=int, default=256, help="per process")
-    p.add_argument("--img-size", type=int, default=224)
+    p.add_argument("--epochs", type=number(int, 1), default=None,
+                   help=f"default {DEFAULT_EPOCHS}; with --resume, the run's own")
+    p.add_argument("--batch-size", type=number(int, 1), default=256, help="per process")
+    p.add_argument("--img-size", type=number(int, 32), default=224, help="the backbones downsample 32x")
     p.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"])
-    p.add_argument("--lr", type=float, default=None, help="default 0.1 for sgd, 1e-4 for adam")
-    p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--weight-decay", type=float, default=None, help="default 1e-4 for sgd, 0 for adam")
+    p.add_argument("--lr", type=number(float, 0, low_open=True), default=None,
+                   help="default 0.1 for sgd, 1e-4 for adam")
+    p.add_argument("--momentum", type=number(float, 0, 1, high_open=True), default=0.9)
+    p.add_argument("--weight-decay", type=number(float, 0), default=None, help="default 1e-4 for sgd, 0 for adam")
     p.add_argument("--sched", default="auto", choices=["auto", "step", "exp", "cosine"],
                    help="auto: step (x0.1 every 10 epochs) for sgd, exp (x0.6 per epoch) for adam")
-    p.add_argument("--step-size", type=int, default=10, help="epochs between steps of --sched step")
-    p.add_argument("--gamma", type=float, default=None, help="decay factor; default 0.1 for step, 0.6 for exp")
-    p.add_argument("--warmup-epochs", type=float, default=1.0, help="linear learning-rate warm-up")
+    p.add_argument("--step-size", type=number(int, 1), default=10, help="epochs between steps of --sched step")
+    p.add_argument("--gamma", type=number(float, 0, 1, low_open=True), default=None,
+                   help="decay factor; default 0.1 for step, 0.6 for exp")
+    p.add_argument("--warmup-epochs", type=number(float, 0), default=1.0, help="linear learning-rate warm-up")
     p.add_argument("--aug", default="rafdb", choices=sorted(PRESETS), help="training augmentation preset")
-    p.add_argument("--label-smoothing", type=float, default=0.0)
-    p.add_argument("--num-heads", type=int, default=4, help="DAN's cross-attention heads")
-    p.add_argument("--lambda-aff", type=float, default=1.0, help="weight of DAN's affinity loss")
-    p.add_argument("--lambda-part", type=float, default=1.0, help="weight of DAN's partition loss")
+    p.add_argument("--label-smoothing", type=number(float, 0, 1, high_open=True), default=0.0)
+    p.add_argument("--num-heads", type=number(int, 1), default=4, help="DAN's cross-attention heads")
+    p.add_argument("--lambda-aff", type=number(float, 0), default=1.0, help="weight of DAN's affinity loss")
+    p.add_argument("--lambda-part", type=number(float, 0), default=1.0, help="weight of DAN's partition loss")
     p.add_argument("--balanced-sampler", action="store_true", help="sample classes with equal probability")
+    p.add_argument("--oversample", nargs="+", default=[], metavar="SOURCE=K",
+                   help="show each image of a source K times per epoch (e.g. ckplus48=8 next to FER+)")
+    p.add_argument("--soft-labels", default="auto",
+                   help="train the cross-entropy on annotators' vote distributions: 'auto' uses each dataset's "
+                        "votes.csv (FER+), a path names a votes CSV, 'none' trains on the folder labels")
+    p.add_argument("--min-votes", type=int, default=2,
+                   help="with soft labels: a class with fewer votes gets none (FER+'s outlier rule)")
+    p.add_argument("--init", default=None, metavar="PATH",
+                   help="start a new run from this model's weights (.pth or .safetensors of this project); "
+                        "rows of classes both know are carried over by name, new classes start fresh")
+    p.add_argument("--select", default="accuracy", choices=["accuracy", "source-mean"],
+                   help="val metric that picks best.pth: overall accuracy, or the mean of the per-source "
+                        "accuracies (so a small source counts as much as a large one)")
     p.add_argument("--pretrained", default="auto",
                    help="backbone weights file; 'auto' uses Data/resnet18_msceleb.pth (DAN) or "
                         "Data/efficientnet_b3.pth if present; 'none' for random initialisation")
@@ -64,11 +83,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--deterministic", action="store_true", help="deterministic kernels (slower on GPU)")
-    p.add_argument("--workers", type=int, default=-1, help="DataLoader workers (-1: chosen for the device)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: one per core)")
+    p.add_argument("--workers", type=number(int, -1), default=-1,
+                   help="DataLoader workers (-1: chosen for the device)")
+    p.add_argument("--threads", type=number(int, 0), default=0, help="torch CPU threads (0: one per core)")
     p.add_argument("--cache", default="auto", choices=["auto", "yes", "no"],
                    help="decode the dataset once into memory (auto: when it takes under --cache-gb)")
-    p.add_argument("--cache-gb", type=float, default=6.0)
+    p.add_argument("--cache-gb", type=number(float, 0), default=6.0)
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="mixed precision (default: on for CUDA)")
     p.add_argument("--amp-dtype", default="auto", choices=["auto", "bf16", "fp16"],
@@ -100,11 +120,8 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     for folder in args.data:
         if not Path(folder).is_dir():
             raise UserError(f"--data {folder}: no such folder")
-    for name in ("epochs", "batch_size", "img_size"):
-        if getattr(args, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
-    if args.img_size < 32:
-        raise UserError("--img-size must be at least 32 (the backbones downsample 32x)")
+    if args.epochs is None:
+        args.epochs = DEFAULT_EPOCHS
     if args.pretrained == "auto":
         args.pretrained = default_pretrained(args.model, ROOT)
     elif args.pretrained == "none":
@@ -138,6 +155,9 @@ def build_data(args, device, dist_info):
     roots = [Path(d) for d in args.data]
     train_set = FaceFolder(roots, "train", args.img_size)
     val_set = FaceFolder(roots, "val", args.img_size, classes=train_set.classes)
+    if val_set.missing_classes():
+        log.warning("the val split has no images of %s: validation accuracy leaves them out",
+                    val_set.missing_classes())
     nbytes = TensorCache.nbytes(train_set) + TensorCache.nbytes(val_set)
     cached = args.cache == "yes" or (args.cache == "auto" and nbytes <= args.cache_gb * 2**30)
     workers = args.workers if args.workers >= 0 else default_workers(device, cached)
@@ -147,9 +167,11 @@ def build_data(args, device, dist_info):
         caches = tuple(TensorCache(ds, device, fill_workers, desc=f"caching {ds.split}")
                        for ds in (train_set, val_set))
     weights = balanced_weights(train_set.labels, len(train_set.classes)) if args.balanced_sampler else None
-    per_rank = -(-len(train_set) // dist_info.world_size)
-    batch = min(args.batch_size, per_rank)
-    train_sampler = ShardedSampler(len(train_set), True, args.seed, dist_info.rank, dist_info.world_size, weights)
+    repeats = (source_repeats(train_set.source_ids, train_set.sources, parse_oversample(args.oversample))
+               if args.oversample else None)
+    train_sampler = ShardedSampler(len(train_set), True, args.seed, dist_info.rank, dist_info.world_size, weights,
+                                   repeats)
+    batch = min(args.batch_size, len(train_sampler))
     val_sampler = ShardedSampler(len(val_set), False, rank=dist_info.rank, world_size=dist_info.world_size)
     pin = device.type == "cuda"
     train_batches = Batches(train_set, train_sampler, batch, caches[0], workers, drop_last=True, pin_memory=pin)
@@ -158,7 +180,26 @@ def build_data(args, device, dist_info):
              ", ".join(args.data), train_set.classes, len(train_set), len(val_set),
              "cached in memory" if cached else "streamed", workers)
     log.info("train images per class: %s", dict(zip(train_set.classes, train_set.class_counts().tolist())))
-    return train_set, val_set, train_batches, val_batches
+    if repeats is not None:
+        log.info("oversampled: %d images per epoch from %d", int(repeats.sum()), len(train_set))
+    soft = None
+    if args.soft_labels != "none":
+        extra = None if args.soft_labels == "auto" else args.soft_labels
+        targets = train_set.soft_targets(extra, args.min_votes)
+        if targets is not None:
+            soft = torch.from_numpy(targets).to(device)
+    return train_set, val_set, train_batches, val_batches, soft
+
+
+def parse_oversample(items) -> dict:
+    """{source: K} from ["ckplus48=8", ...]."""
+    factors = {}
+    for item in items:
+        name, _, k = item.partition("=")
+        if not name or not k.isdigit() or int(k) < 1:
+            raise UserError(f"--oversample {item!r}: expected SOURCE=K with K a whole number >= 1")
+        factors[name] = int(k)
+    return factors
 
 
 def is_grayscale(dataset: FaceFolder, probe: int = 64) -> bool:
@@ -175,6 +216,17 @@ def is_grayscale(dataset: FaceFolder, probe: int = 64) -> bool:
     return True
 
 
+def check_finite(step: TrainStep, record: dict, epoch: int, out: Path) -> None:
+    """Stop before saving an epoch whose weights (or DAN's centers, or BatchNorm's statistics) or
+    validation loss are not finite: last.pth keeps the last good epoch."""
+    bad = nonfinite_tensor(step.state_dict())
+    if bad is None and math.isfinite(record["val_loss"]):
+        return
+    what = f"{bad} holds NaN or infinite values" if bad else f"the validation loss is {record['val_loss']}"
+    kept = f"{out / 'last.pth'} keeps epoch {epoch - 1}" if epoch > 1 else "nothing was saved"
+    raise UserError(f"training diverged in epoch {epoch} ({what}); {kept}; lower --lr or raise --warmup-epochs")
+
+
 def main(args: argparse.Namespace) -> dict:
     device = resolve_device(args.device)
     dist_info = init_distributed(device.type)
@@ -185,21 +237,29 @@ def main(args: argparse.Namespace) -> dict:
         cleanup(dist_info)
 
 
+def resume_args(args: argparse.Namespace, resume: dict) -> argparse.Namespace:
+    """The arguments of a resumed run: the saved run's data, model and recipe (options added since
+    it began take their defaults); this call's way of running; --epochs if given, else the saved
+    run's; and the run folder this call names with --output, else the resumed checkpoint's folder:
+    never the saved run's --output, so that a copied run does not write into its original."""
+    saved = {**vars(get_args_parser().parse_args([])), **resume["args"]}
+    for key in RUNTIME_ARGS + ("resume",):
+        saved[key] = getattr(args, key)
+    saved["epochs"] = max(args.epochs or saved["epochs"], resume["epoch"])
+    saved["output"] = args.output or str(Path(args.resume).parent)
+    return argparse.Namespace(**saved)
+
+
 def _train(args, device, dist_info) -> dict:
     resume = None
     if args.resume:
         path = Path(args.resume)
-        resume = load_checkpoint(path / "last.pth" if path.is_dir() else path)
+        args.resume = str(path / "last.pth" if path.is_dir() else path)
+        resume = load_checkpoint(args.resume)
         if not all(k in resume for k in ("args", "optimizer", "epoch")):
             raise UserError(f"{args.resume} holds weights only (no optimiser state or arguments), so it cannot be "
                             "resumed; evaluate it with test.py or start a new run")
-        saved = dict(resume["args"])
-        # Continue the saved run: its data, model and recipe; only where to write and how to run may change.
-        for key in ("device", "workers", "threads", "amp", "amp_dtype", "compile", "resume", "cache", "cache_gb", "grouped_heads"):
-            saved[key] = getattr(args, key)
-        saved["epochs"] = max(args.epochs if args.epochs != get_args_parser().get_default("epochs")
-                              else saved["epochs"], resume["epoch"])
-        args = argparse.Namespace(**saved)
+        args = resume_args(args, resume)
     else:
         args = resolve_args(args)
     torch.set_num_threads(args.threads or max(1, cpu_count() // dist_info.world_size))
@@ -214,27 +274,30 @@ def _train(args, device, dist_info) -> dict:
         torch.backends.cudnn.allow_tf32 = True
     seed_everything(args.seed)
     out = Path(args.output)
-    if resume is None and (out / "last.pth").exists():
-        raise UserError(f"{out} already holds a run; continue it with --resume {out} or choose another --output")
+    run = RunFolder(out)
+    run.check(args.resume)
     if dist_info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "args.json").write_text(json.dumps(vars(args), indent=2) + "\n")
+        run.start(vars(args), resume, args.resume)
         log.info("run folder: %s", out)
 
-    train_set, val_set, train_batches, val_batches = build_data(args, device, dist_info)
+    train_set, val_set, train_batches, val_batches, soft_targets = build_data(args, device, dist_info)
     classes = train_set.classes
     model_args = {"num_classes": len(classes)}
     if args.model == "dan":
         model_args["num_heads"] = args.num_heads
-    if args.pretrained and resume is None:
+    fresh = resume is None and not args.init  # --init and --resume bring all the weights
+    if args.pretrained and fresh:
         log.info("backbone weights: %s", args.pretrained)
-    elif resume is None:
+    elif fresh:
         log.info("no pretrained backbone found (see --pretrained): training from random initialisation")
-    model = build_model(args.model, pretrained=args.pretrained if resume is None else None, **model_args)
+    model = build_model(args.model, pretrained=args.pretrained if fresh else None, **model_args)
     grouped = args.grouped_heads
     if args.model == "dan" and (grouped if grouped is not None else device.type == "cuda"):
         model = group_heads(model)  # a DAN subclass with the same state dict: checkpoints stay plain DAN
     criterion = build_criterion(args.model, model, args.label_smoothing)
+    if args.init and resume is None:
+        report = init_from(model, criterion, args.init, args.model, classes)
+        log.info("initialised from %s: %s", args.init, report.summary())
     channels_last = args.channels_last if args.channels_last is not None else True
     step = TrainStep(model, criterion).to(device)
     if channels_last:
@@ -282,31 +345,31 @@ def _train(args, device, dist_info) -> dict:
         t0 = time.perf_counter()
         stats = train_one_epoch(runner, train_batches, optimizer, scheduler, scaler, augment, device=device,
                                 precision=precision, loss_weights=weights, channels_last=channels_last,
-                                dist_info=dist_info, desc=f"epoch {epoch}/{args.epochs}")
+                                dist_info=dist_info, desc=f"epoch {epoch}/{args.epochs}", soft_targets=soft_targets)
         result = evaluate(model, val_batches, normalize, device=device, precision=precision,
                           channels_last=channels_last, dist_info=dist_info, desc="val")
         val = summarize(confusion_matrix(result["labels"], result["preds"], len(classes)))
+        by_source = {name: summarize(confusion_matrix(result["labels"][result["sources"] == i],
+                                                      result["preds"][result["sources"] == i], len(classes)))
+                     for i, name in enumerate(val_set.sources)}
         record = {"epoch": epoch, **stats, "val_loss": float(result["loss"].mean()), "val_acc": val["accuracy"],
                   "val_balanced_acc": val["balanced_accuracy"], "val_macro_f1": val["macro_f1"],
+                  "val_acc_per_source": {name: m["accuracy"] for name, m in by_source.items()},
                   "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
+        check_finite(step, record, epoch, out)
         history.append(record)
-        improved = val["accuracy"] > best
+        score = (val["accuracy"] if args.select == "accuracy"
+                 else sum(m["accuracy"] for m in by_source.values()) / len(by_source))
+        improved = score > best
         if improved:
-            best, best_epoch = val["accuracy"], epoch
+            best, best_epoch = score, epoch
         if dist_info.is_main:
             ckpt = {"format": "fer-checkpoint", "version": 1, "meta": meta, "state_dict": model.state_dict(),
                     "criterion": criterion.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
                     "best_metric": best, "best_epoch": best_epoch, "history": history, "args": vars(args),
                     "metrics": record}
-            save_checkpoint(ckpt, out / "last.pth")
-            if improved:
-                save_checkpoint(ckpt, out / "best.pth")
-                save_safetensors(model.state_dict(), {**meta, "epoch": epoch, "val_accuracy": best},
-                                 out / "best.safetensors")
-            with open(out / "log.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
-            plot_history(history, out / "curves.png")
+            run.save_epoch(ckpt, improved)
             log.info("epoch %d/%d: train loss %.4f acc %.2f%% | val loss %.4f acc %.2f%% balanced %.2f%% | "
                      "%.0f img/s, %.0fs | best %.2f%% (epoch %d)", epoch, args.epochs, stats["train_loss"],
                      100 * stats["train_acc"], record["val_loss"], 100 * val["accuracy"],

@@ -21,6 +21,7 @@ from utils.errors import UserError
 
 from .classes import normalize_class_name
 from .images import decode_image, is_image_file
+from .votes import VOTES, majority_agreement, read_votes, soft_targets
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,7 @@ class Sample:
     path: str
     label: int
     source: int
+    root: int = 0  # index into FaceFolder.roots
 
 
 def find_datasets(root: Path) -> List[Path]:
@@ -79,7 +81,7 @@ class FaceFolder(Dataset):
         self.split = split
         self.img_size = img_size
         found = self._scan()
-        names = sorted({name for _, name, _ in found})
+        names = sorted({item[1] for item in found})
         if classes is None:
             classes = names
         unknown = sorted(set(names) - set(classes))
@@ -90,16 +92,16 @@ class FaceFolder(Dataset):
             raise UserError(f"the {split} data has classes {unknown} that the model does not know "
                             f"(it knows {list(classes)}); remove those folders or retrain")
         self.classes = list(classes)
-        self.sources = sorted({src for _, _, src in found})
+        self.sources = sorted({item[2] for item in found})
         index = {c: i for i, c in enumerate(self.classes)}
         src_index = {s: i for i, s in enumerate(self.sources)}
-        self.samples = [Sample(str(p), index[c], src_index[s]) for p, c, s in found]
+        self.samples = [Sample(str(p), index[c], src_index[s], r) for p, c, s, r in found]
         if not self.samples:
             raise UserError(f"no images found in the {split} split of {', '.join(map(str, self.roots))}")
 
     def _scan(self):
         found = []
-        for root in self.roots:
+        for r, root in enumerate(self.roots):
             split_dir = root / self.split
             if not split_dir.is_dir():
                 raise UserError(f"{split_dir} does not exist; each dataset folder needs "
@@ -107,20 +109,53 @@ class FaceFolder(Dataset):
             manifest = read_manifest_sources(root)
             for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir()):
                 name = normalize_class_name(class_dir.name)
+                before = len(found)
                 for path in sorted(class_dir.rglob("*")):
                     if path.is_file() and is_image_file(path):
-                        found.append((path, name, source_of(path, root, manifest)))
+                        found.append((path, name, source_of(path, root, manifest), r))
+                if len(found) == before:
+                    log.warning("%s holds no images: %s is left out of this %s split", class_dir, name, self.split)
         return found
 
     @property
     def labels(self) -> np.ndarray:
         return np.array([s.label for s in self.samples], dtype=np.int64)
 
+    @property
+    def source_ids(self) -> np.ndarray:
+        return np.array([s.source for s in self.samples], dtype=np.int64)
+
     def class_counts(self) -> np.ndarray:
         return np.bincount(self.labels, minlength=len(self.classes))
 
+    def missing_classes(self) -> List[str]:
+        """The classes of `classes` that have no image in this split."""
+        return [c for c, n in zip(self.classes, self.class_counts()) if n == 0]
+
     def __len__(self) -> int:
         return len(self.samples)
+
+    def vote_files(self, extra: Optional[Path] = None) -> List[Path]:
+        """The votes CSVs that apply: each root's `votes.csv`, and `extra` (--soft-labels)."""
+        files = [root / VOTES for root in self.roots if (root / VOTES).is_file()]
+        return files + ([Path(extra)] if extra else [])
+
+    def soft_targets(self, extra: Optional[Path] = None, min_votes: int = 2) -> Optional[np.ndarray]:
+        """(N, C) label distributions from the annotators' votes (see data.votes), one-hot for
+        images without votes; None when no votes file applies."""
+        files = self.vote_files(extra)
+        if not files:
+            return None
+        votes = {}
+        for path in files:
+            votes.update(read_votes(path))
+        keys = [Path(s.path).relative_to(self.roots[s.root]).as_posix() for s in self.samples]
+        targets = soft_targets(keys, self.labels, self.classes, votes, min_votes)
+        agreement = majority_agreement(targets, self.labels)
+        if agreement < 0.9:
+            log.warning("the votes' top class matches the folder label for only %.1f%% of the %s images: "
+                        "are the votes for these images?", 100 * agreement, self.split)
+        return targets
 
     def load(self, i: int) -> torch.Tensor:
         """Decode sample i as a uint8 (3, S, S) tensor."""

@@ -10,12 +10,21 @@ A training checkpoint (`.pth`) is a plain dict of tensors, numbers, strings and 
 
 A shipped model (`.safetensors`) holds the weights (fp16 or fp32) and the same "meta" as
 JSON in the safetensors header. Both are loaded by `load_model`.
+
+Every file is written by `atomic_write`: a kill at any instant leaves the old file or the new
+one, and at worst a `.<name>.<random>.tmp` that `remove_stale_temps` deletes on the next start.
+`fault_point` marks the places the fault-injection tests kill the process at.
 """
+import glob
 import json
 import os
+import pickle
+import pickletools
+import signal
 import tempfile
+import zipfile
 from pathlib import Path
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Iterable, List, Tuple
 
 import torch
 from torch import nn
@@ -24,6 +33,27 @@ from utils.errors import UserError, first_line
 
 FORMAT = "fer-checkpoint"
 META_KEYS = ("model", "model_args", "classes", "img_size", "mean", "std")
+FAULT_ENV = "FER_FAULT_KILL_AT"
+_fault_hits: Dict[str, int] = {}
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+def fault_point(label: str) -> None:
+    """Die here by SIGKILL, as `kill -9` or a power cut would, when the environment says
+    FER_FAULT_KILL_AT=<label> (or <label>@N: at its N-th pass); otherwise do nothing.
+
+    Labels: `write:<file name>` inside `atomic_write` (temporary file written, not yet renamed),
+    and train.py's `saved:<file name>` after each file of an epoch. Used by tests/test_faults_train.py.
+    """
+    wanted = os.environ.get(FAULT_ENV)
+    if not wanted:
+        return
+    name, _, nth = wanted.partition("@")
+    if name == label:
+        _fault_hits[label] = _fault_hits.get(label, 0) + 1
+        if _fault_hits[label] == int(nth or 1):
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def atomic_write(path: Path, write) -> None:
@@ -32,14 +62,41 @@ def atomic_write(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # as open() would create it, not mkstemp's owner-only 0600
     try:
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        fault_point(f"write:{path.name}")
         os.replace(tmp, path)
+        _fsync_dir(path.parent)  # the rename itself survives a power cut
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # a platform without directory handles
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temps(folder: Path, names: Iterable[str]) -> List[Path]:
+    """Delete the temporary files a killed `atomic_write` of each of `names` left in `folder`
+    (`.<name>.*.tmp`); returns them."""
+    removed = []
+    for name in names:
+        for tmp in Path(folder).glob(f".{glob.escape(name)}.*.tmp"):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
 
 
 def save_checkpoint(checkpoint: Dict[str, Any], path: Path) -> None:
@@ -55,16 +112,61 @@ def load_checkpoint(path) -> Dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} not found")
+    if path.suffix == ".onnx":
+        raise UserError(f"{path} is an ONNX export, which only predict.py runs; give the .pth or .safetensors "
+                        "it was exported from")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise UserError(f"{path} cannot be loaded safely as a checkpoint ({first_line(err)}); files that need "
-                        "arbitrary unpickling are refused; if it is a published DAN file, convert it with "
-                        "python3 -m utils.convert") from None
+        raise UserError(f"{path} cannot be loaded as a checkpoint: {why_unloadable(path, err)}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise UserError(f"{path} is not a checkpoint written by this project's train.py; "
                         "convert published weights with python3 -m utils.convert")
     return ckpt
+
+
+def why_unloadable(path: Path, err: Exception) -> str:
+    """Why torch.load(path, weights_only=True) failed with `err`, in a clause for people; read
+    from the file's first bytes and its pickle's names, never by running it."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if not head:
+        return "the file is empty (an interrupted copy or download?)"
+    if head.lstrip().lower().startswith((b"<!doctype html", b"<html")):
+        return "it is a web page, not weights: a download link served its page instead of the file"
+    if head.startswith(b"PK\x03\x04"):
+        if not zipfile.is_zipfile(path):
+            return ("it is cut short or damaged (torch.save writes a zip archive and this one has no end record): "
+                    "an interrupted copy or download? copy it again")
+    elif not head.startswith(b"\x80"):
+        return "it is not a file torch.save writes (neither its zip archive nor a pickle)"
+    names = _pickle_globals(path, head)
+    if names:
+        return (f"it asks for {', '.join(names)}, which are refused: loading them means unpickling code "
+                "from the file")
+    if isinstance(err, pickle.UnpicklingError):
+        return "it holds objects that weights_only loading refuses (unpickling them could run code)"
+    return first_line(err)
+
+
+def _pickle_globals(path: Path, head: bytes) -> List[str]:
+    """The Python objects a torch file's pickle asks for beyond what weights_only allows, read
+    with pickletools (nothing is run); [] when it cannot tell."""
+    try:
+        if head.startswith(b"PK"):
+            return torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        names, strings = [], []
+        with open(path, "rb") as f:
+            for op, arg, _ in pickletools.genops(f):
+                if op.name == "GLOBAL":
+                    names.append(arg.replace(" ", "."))
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    names.append(".".join(strings[-2:]))
+                elif isinstance(arg, str):
+                    strings.append(arg)
+        return [n for n in dict.fromkeys(names) if not n.startswith(("torch.", "collections.OrderedDict"))]
+    except Exception:
+        return []
 
 
 def check_meta(meta: Dict[str, Any], source) -> Dict[str, Any]:

@@ -1,5 +1,4 @@
 """The training step, one training epoch and evaluation: the loop reads the same on CPU and GPU."""
-import math
 import time
 from dataclasses import dataclass
 from typing import Dict, Optional
@@ -38,6 +37,9 @@ class Precision:
         return self.enabled and self.dtype == torch.float16
 
 
+MAX_NONFINITE_STEPS = 3  # training stops after this many steps in a row with a NaN or infinite loss
+
+
 class TrainStep(nn.Module):
     """Model and criterion as one module, so DDP also averages the criterion's parameters
     (DAN's class centers) across ranks."""
@@ -47,32 +49,39 @@ class TrainStep(nn.Module):
         self.model = model
         self.criterion = criterion
 
-    def forward(self, images: torch.Tensor, labels: torch.Tensor):
+    def forward(self, images: torch.Tensor, labels: torch.Tensor, soft: Optional[torch.Tensor] = None):
         output = self.model(images)
-        return output.logits, self.criterion(output, labels)
+        return output.logits, self.criterion(output, labels, soft)
 
 
 def train_one_epoch(step: nn.Module, batches, optimizer, scheduler, scaler, augment, *, device: torch.device,
                     precision: Precision, loss_weights: Dict[str, float], channels_last: bool,
-                    dist_info: DistInfo, desc: str) -> Dict[str, float]:
-    """One pass over `batches`; returns the mean of each loss term, total loss, accuracy and images/s."""
+                    dist_info: DistInfo, desc: str, soft_targets: Optional[torch.Tensor] = None) -> Dict[str, float]:
+    """One pass over `batches`; returns the mean of each loss term, total loss, accuracy and images/s.
+
+    `soft_targets` (N, C) on `device`, indexed by sample index, replaces the labels in the
+    cross-entropy term (label distributions from annotators' votes)."""
     step.train()
     # Reading a number back waits for the GPU: do it every 50 steps there, every 10 on the CPU.
     log_every = 50 if device.type == "cuda" else 10
     sums: Dict[str, torch.Tensor] = {}
     correct = torch.zeros((), device=device)
     seen = torch.zeros((), device=device)
+    counted = torch.zeros((), device=device)  # images of the steps whose loss was finite
+    streak = torch.zeros((), dtype=torch.int32, device=device)  # consecutive non-finite losses, kept on the device
+    worst = torch.zeros_like(streak)
     start = time.perf_counter()
     last = len(batches) - 1
     bar = tqdm(batches, desc=desc, unit="batch", dynamic_ncols=True, leave=False, disable=not dist_info.is_main)
-    for i, (images, labels, _, _) in enumerate(bar):
+    for i, (images, labels, _, indices) in enumerate(bar):
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
+        soft = soft_targets[indices.to(device, non_blocking=True)] if soft_targets is not None else None
         x = augment(images)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=precision.dtype, enabled=precision.enabled):
-            logits, losses = step(x, labels)
+            logits, losses = step(x, labels, soft)
         loss = total_loss(losses, loss_weights)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -81,26 +90,49 @@ def train_one_epoch(step: nn.Module, batches, optimizer, scheduler, scaler, augm
         scheduler.step()
 
         n = labels.shape[0]
-        for name, value in {**losses, "loss": loss}.items():
-            sums[name] = sums.get(name, torch.zeros((), device=device)) + value.detach().float() * n
+        finite = torch.isfinite(loss.detach())
+        streak = torch.where(finite, 0, streak + 1)
+        worst = torch.maximum(worst, streak)
+        for name, value in {**losses, "loss": loss}.items():  # the means leave out non-finite steps
+            term = torch.where(finite, value.detach().float() * n, 0)
+            sums[name] = sums.get(name, torch.zeros((), device=device)) + term
+        counted += finite * n
         correct += (logits.detach().argmax(1) == labels).sum()
         seen += n
         if i % log_every == 0 or i == last:
-            mean_loss = (sums["loss"] / seen).item()  # one sync every `log_every` steps
-            if not math.isfinite(mean_loss):
-                raise UserError(f"the training loss became {mean_loss} at step {i} of {desc}; "
-                                f"lower --lr or use --warmup-epochs")
+            check_streak(worst, i, desc, dist_info)  # one sync every `log_every` steps
+            mean_loss = (sums["loss"] / counted).item()
             rate = seen.item() * dist_info.world_size / (time.perf_counter() - start)
             bar.set_postfix(loss=f"{mean_loss:.3f}", acc=f"{100 * (correct / seen).item():.1f}%",
                             img_s=f"{rate:.0f}", lr=f"{optimizer.param_groups[0]['lr']:.2g}")
     bar.close()
-    totals = torch.stack([seen, correct] + [sums[k] for k in sorted(sums)])
+    totals = torch.stack([seen, correct, counted] + [sums[k] for k in sorted(sums)])
     totals = all_reduce_sum(totals, dist_info)
     seen_all = totals[0].item()
-    stats = {f"train_{k}": (v / seen_all).item() for k, v in zip(sorted(sums), totals[2:])}
+    stats = {f"train_{k}": (v / totals[2]).item() for k, v in zip(sorted(sums), totals[3:])}  # nan if none counted
     stats["train_acc"] = (totals[1] / seen_all).item()
     stats["train_images_per_s"] = seen_all / (time.perf_counter() - start)
     return stats
+
+
+def check_streak(worst: torch.Tensor, i: int, desc: str, dist_info: DistInfo) -> None:
+    """Stop training (on every rank) once the loss was non-finite for MAX_NONFINITE_STEPS steps in a row.
+
+    A single such step can pass (under fp16 the GradScaler skips it); in fp32 and bf16 it
+    usually spoils the weights, so the next steps fail too and training stops right after.
+    """
+    diverged = all_reduce_sum((worst >= MAX_NONFINITE_STEPS).float(), dist_info).item()
+    if diverged:
+        raise UserError(f"training diverged: the loss was NaN or infinite for {MAX_NONFINITE_STEPS} steps in a row "
+                        f"(by step {i + 1} of {desc}); lower --lr or raise --warmup-epochs")
+
+
+def nonfinite_tensor(state: Dict[str, torch.Tensor]) -> Optional[str]:
+    """The name of the first floating tensor in `state` that holds a NaN or infinity, else None."""
+    for name, value in state.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            return name
+    return None
 
 
 @torch.inference_mode()

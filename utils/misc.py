@@ -1,6 +1,8 @@
-"""Small things every script needs: logging, seeding, device, thread and allocator choice."""
+"""Small things every script needs: logging, seeding, device, thread and allocator choice, strict JSON."""
 import ctypes
+import json
 import logging
+import math
 import os
 import random
 import sys
@@ -15,6 +17,23 @@ def setup_logging(rank: int = 0) -> None:
     level = logging.INFO if rank == 0 else logging.WARNING
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S",
                         stream=sys.stderr, force=True)
+
+
+def finite_or_none(value):
+    """`value` with every NaN and infinity, however deep in dicts, lists and tuples, made None:
+    strict JSON has no NaN, and readers other than Python's reject it."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_none(v) for v in value]
+    return value
+
+
+def strict_json(value, **kwargs) -> str:
+    """json.dumps for files others read: non-finite numbers become null (see finite_or_none)."""
+    return json.dumps(finite_or_none(value), allow_nan=False, **kwargs)
 
 
 def seed_everything(seed: int) -> None:

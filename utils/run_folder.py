@@ -1,0 +1,142 @@
+"""A training run's folder, written so that a kill at any instant leaves a set a resume makes whole.
+
+    last.pth          the newest complete epoch, with all it takes to continue (written first)
+    best.pth          the best epoch so far, as a training checkpoint
+    best.safetensors  the same weights alone, for predict.py
+    log.jsonl         one strict-JSON line per epoch (NaN and infinities as null)
+    curves.png        log.jsonl as curves
+    args.json         the resolved arguments
+
+An epoch writes last.pth, then best.pth and best.safetensors when it is the best so far, then
+its log line, then the curves; the checkpoints atomically (utils.checkpoint.atomic_write). So
+after a kill last.pth is from some epoch k and every other file from epoch k or k - 1, and
+`RunFolder.start` on resume derives them again from last.pth: log.jsonl from its history (which
+also drops a half-written line), best.pth and best.safetensors from last.pth when it records a
+best epoch they do not hold, the curves from its history. Temporary files of killed writes are
+removed on every start.
+"""
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import torch
+
+from utils.checkpoint import (atomic_write, fault_point, load_checkpoint, remove_stale_temps, save_checkpoint,
+                              save_safetensors)
+from utils.errors import UserError
+from utils.misc import strict_json
+from utils.plots import plot_history
+
+log = logging.getLogger("train")
+
+RUN_FILES = ("last.pth", "best.pth", "best.safetensors", "log.jsonl", "curves.png", "args.json")
+
+
+class RunFolder:
+    """The files of one run in `path` (see the module's docstring for what each holds)."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+
+    def check(self, resumed: Optional[Path] = None) -> None:
+        """Refuse to write into a folder that holds a run, unless that run's own last.pth is the
+        checkpoint `resumed` (a fresh run has None): a run never writes over another one."""
+        last = self.path / "last.pth"
+        if last.exists() and (resumed is None or not last.samefile(resumed)):
+            raise UserError(f"{self.path} already holds a run; continue it with --resume {self.path} "
+                            "or choose another --output")
+
+    def start(self, args: Dict[str, Any], resume: Optional[Dict[str, Any]] = None,
+              resumed: Optional[Path] = None) -> None:
+        """Create the folder, remove the temporary files killed writes left, write args.json and,
+        on resume, bring the other files in line with `resume` (the checkpoint `resumed`, continued).
+
+        Raises:
+            UserError: the folder cannot be written.
+        """
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            removed = remove_stale_temps(self.path, RUN_FILES)
+            self._write_text("args.json", strict_json(args, indent=2) + "\n")
+            if resume is not None:
+                self._catch_up(resume, Path(resumed).parent)
+        except OSError as err:
+            raise UserError(f"cannot write the run folder {self.path} ({err.strerror or err}); "
+                            "choose another --output") from None
+        if removed:
+            log.info("removed %d temporary file(s) of killed writes from %s", len(removed), self.path)
+
+    def save_epoch(self, ckpt: Dict[str, Any], improved: bool) -> None:
+        """Write epoch ckpt["epoch"]: last.pth, then best.pth and best.safetensors if `improved`,
+        then its log line (ckpt["history"][-1]) and the curves.
+
+        Raises:
+            UserError: a file cannot be written; the files of the last complete epoch stay.
+        """
+        try:
+            save_checkpoint(ckpt, self.path / "last.pth")
+            fault_point("saved:last.pth")
+            if improved:
+                self._save_best(ckpt)
+            with open(self.path / "log.jsonl", "a") as f:
+                f.write(strict_json(ckpt["history"][-1]) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            fault_point("saved:log.jsonl")
+            plot_history(ckpt["history"], self.path / "curves.png")
+        except OSError as err:
+            raise UserError(f"cannot write epoch {ckpt['epoch']} to {self.path} ({err.strerror or err}); "
+                            "the files of the last complete epoch are kept: free space or fix the permissions, "
+                            f"then --resume {self.path}") from None
+
+    def _save_best(self, ckpt: Dict[str, Any], checkpoint: bool = True) -> None:
+        """best.pth (unless not `checkpoint`), then best.safetensors, from the training checkpoint `ckpt`."""
+        if checkpoint:
+            save_checkpoint(ckpt, self.path / "best.pth")
+            fault_point("saved:best.pth")
+        meta = {**ckpt["meta"], "epoch": ckpt["epoch"], "val_accuracy": ckpt["best_metric"]}
+        save_safetensors(ckpt["state_dict"], meta, self.path / "best.safetensors")
+        fault_point("saved:best.safetensors")
+
+    def _catch_up(self, last: Dict[str, Any], source: Path) -> None:
+        """Make log.jsonl, best.pth, best.safetensors and curves.png agree with `last`, the
+        checkpoint resumed from the folder `source` (this folder, or the one a run continues from)."""
+        history, best_epoch = last["history"], last["best_epoch"]
+        self._write_text("log.jsonl", "".join(strict_json(record) + "\n" for record in history))
+        if history:
+            plot_history(history, self.path / "curves.png")
+        if not best_epoch:  # no epoch finished yet
+            return
+        for name in ("best.pth", "best.safetensors"):  # a run continued into a new folder takes its best files
+            if _epoch(self.path / name) != best_epoch and _epoch(source / name) == best_epoch:
+                atomic_write(self.path / name, lambda tmp: shutil.copyfile(source / name, tmp))
+        have = {name: _epoch(self.path / name) == best_epoch for name in ("best.pth", "best.safetensors")}
+        if all(have.values()):
+            return
+        if best_epoch == last["epoch"]:  # killed after last.pth, before its best files
+            self._save_best(last)
+        elif have["best.pth"]:
+            self._save_best(load_checkpoint(self.path / "best.pth"), checkpoint=False)
+        else:
+            log.warning("no best.pth of epoch %d, the best one last.pth records, in %s: it is written again when "
+                        "an epoch beats that one", best_epoch, self.path)
+
+    def _write_text(self, name: str, text: str) -> None:
+        atomic_write(self.path / name, lambda tmp: Path(tmp).write_text(text))
+
+
+def _epoch(path: Path) -> Optional[int]:
+    """The epoch a best.pth or best.safetensors holds; None when it is missing or unreadable."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                return json.loads((f.metadata() or {})["fer"])["epoch"]
+        # mmap: only the few bytes read are loaded, not the weights
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)["epoch"]
+    except Exception:
+        return None
