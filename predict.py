@@ -14,7 +14,7 @@ import sys
 import time
 
 from data.images import MAX_PIXELS
-from utils.errors import UserError, run_cli
+from utils.errors import ArgumentParser, UserError, number, run_cli
 from utils.faces import DETECTORS
 from utils.fetch import FetchLimits
 from utils.recognizer import BACKENDS, DEFAULT_CHECKPOINT, ROOT, EmotionRecognizer
@@ -22,8 +22,8 @@ from utils.sources import Input, iter_inputs
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Find every face in images and tell its expression.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(description="Find every face in images and tell its expression.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--params", nargs="+", required=True, metavar="INPUT",
                    help="http(s) URLs, image files, folders (searched recursively), glob patterns, "
                         "video files, or a webcam index such as 0")
@@ -34,7 +34,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="face detector: auto is mtcnn when installed, else haar; none classifies each whole "
                         "image as one face")
     p.add_argument("--no-detect", action="store_true", help="same as --detector none")
-    p.add_argument("--margin", type=float, default=0.2, help="space added around each face box, per side, "
+    p.add_argument("--margin", type=number(float, 0), default=0.2, help="space added around each face box, per side, "
                                                              "as a fraction of the box")
     p.add_argument("--no-align", action="store_true", help="do not rotate faces upright by the eyes")
     p.add_argument("--grayscale", action=argparse.BooleanOptionalAction, default=None,
@@ -46,13 +46,18 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu or cuda (cuda runs the PyTorch model)")
     p.add_argument("--backend", default="auto", choices=BACKENDS,
                    help="auto: ONNX Runtime on the CPU (exported once, then cached), PyTorch on a GPU")
-    p.add_argument("--threads", type=int, default=2, help="CPU threads for the model")
+    p.add_argument("--threads", type=number(int, 1), default=2, help="CPU threads for the model")
     p.add_argument("--cache-dir", default=None, help="ONNX export cache (default $FER_CACHE_DIR or ~/.cache/fer)")
-    p.add_argument("--frame-stride", type=int, default=1, help="videos and webcams: classify every N-th frame")
-    p.add_argument("--max-frames", type=int, default=None, help="videos and webcams: stop after this many")
-    p.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for a server (connect and read)")
-    p.add_argument("--max-download-mb", type=float, default=20.0, help="largest image accepted from a URL")
-    p.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="larger images are refused")
+    p.add_argument("--frame-stride", type=number(int, 1), default=1,
+                   help="videos and webcams: classify every N-th frame")
+    p.add_argument("--max-frames", type=number(int, 1), default=None, help="videos and webcams: stop after this many")
+    p.add_argument("--timeout", type=number(float, 0, low_open=True), default=15.0,
+                   help="seconds to wait for a server (to connect, and for each piece of a download)")
+    p.add_argument("--download-timeout", type=number(float, 0, low_open=True), default=60.0,
+                   help="seconds for a whole download, however slowly the server sends")
+    p.add_argument("--max-download-mb", type=number(float, 0, low_open=True), default=20.0,
+                   help="largest image accepted from a URL")
+    p.add_argument("--max-pixels", type=number(int, 1), default=MAX_PIXELS, help="larger images are refused")
     return p
 
 
@@ -85,20 +90,18 @@ def main(args) -> int:
     logging.getLogger("predict").setLevel(logging.INFO)  # ours only: the exporter's libraries are chatty
     if args.attention and not args.save_dir:
         raise UserError("--attention writes pictures: add --save-dir DIR")
-    if args.frame_stride < 1:
-        raise UserError("--frame-stride must be at least 1")
+    writer = None
+    if args.save_dir:  # before the model loads: an unwritable folder is refused at once
+        from utils.annotate import AnnotationWriter
+        writer = AnnotationWriter(args.save_dir, attention=args.attention)
     recognizer = EmotionRecognizer(
         args.checkpoint, device=args.device, backend=args.backend,
         detector="none" if args.no_detect else args.detector, margin=args.margin, align=not args.no_align,
         grayscale=args.grayscale, threads=args.threads, cache_dir=args.cache_dir, max_pixels=args.max_pixels)
     if args.attention and not recognizer.has_attention:
         raise UserError(f"--attention needs a DAN checkpoint; {recognizer.checkpoint} is {recognizer.meta['model']}")
-    writer = None
-    if args.save_dir:
-        from utils.annotate import AnnotationWriter
-        writer = AnnotationWriter(args.save_dir, attention=args.attention)
     limits = FetchLimits(connect_timeout=args.timeout, read_timeout=args.timeout,
-                         max_bytes=int(args.max_download_mb * 1024 * 1024))
+                         total_timeout=args.download_timeout, max_bytes=int(args.max_download_mb * 1024 * 1024))
     failed = 0
     for item in iter_inputs(args.params, limits, args.max_pixels, args.frame_stride, args.max_frames):
         faces, ms = [], item.ms
@@ -109,15 +112,19 @@ def main(args) -> int:
             except UserError as err:
                 item.error = str(err)
             ms += (time.perf_counter() - start) * 1000
+        predicted = item.image is not None and not item.error
+        if writer is not None and predicted:
+            try:
+                writer.write(item.name, item.frame, item.image, faces)
+            except UserError as err:  # this picture is lost; the other inputs still run
+                item.error = str(err)
         if item.error:
             failed += 1
             print(f"error: {item.error}", file=sys.stderr, flush=True)
         if args.json:
             print(json.dumps(record(item, faces, ms)), flush=True)
-        elif not item.error:
+        elif predicted:
             print(format_table(item, faces, recognizer.classes, ms), flush=True)
-        if writer is not None and item.image is not None and not item.error:
-            writer.write(item.name, item.frame, item.image, faces)
     return 1 if failed else 0
 
 

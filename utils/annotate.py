@@ -1,5 +1,6 @@
 """Pictures of predictions: boxes and probabilities on the photo, DAN's attention on each face."""
 import re
+import tempfile
 from pathlib import Path
 from typing import List, Optional, Set
 from urllib.parse import urlsplit
@@ -8,6 +9,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from utils.errors import UserError
 from utils.recognizer import Face, top_classes
 
 BOX_COLOURS = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240)]
@@ -81,7 +83,13 @@ class AnnotationWriter:
 
     def __init__(self, folder, attention: bool = False):
         self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
+        if self.folder.exists() and not self.folder.is_dir():
+            raise UserError(f"{self.folder} is a file, not a folder: choose another place for the pictures")
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            tempfile.TemporaryFile(dir=self.folder).close()  # writable, as the folder's permissions say?
+        except OSError as err:
+            raise UserError(f"{self.folder}: cannot write pictures there ({err.strerror or err})") from None
         self.attention = attention
         self.used: Set[str] = set()
 
@@ -97,10 +105,13 @@ class AnnotationWriter:
         """Save `<stem>.jpg` and, with attention, `<stem>_face<k>_attention.png`; returns the paths."""
         stem = self._unique(output_stem(name, frame))
         paths = [self.folder / f"{stem}.jpg"]
-        draw_faces(image, faces).save(paths[0], quality=92)
-        if self.attention:
-            for k, face in enumerate(faces, 1):
-                if face.attention is not None and face.crop is not None:
-                    paths.append(self.folder / f"{stem}_face{k}_attention.png")
-                    attention_strip(face).save(paths[-1])
+        try:
+            draw_faces(image, faces).save(paths[0], quality=92)
+            if self.attention:
+                for k, face in enumerate(faces, 1):
+                    if face.attention is not None and face.crop is not None:
+                        paths.append(self.folder / f"{stem}_face{k}_attention.png")
+                        attention_strip(face).save(paths[-1])
+        except OSError as err:
+            raise UserError(f"{paths[-1]}: cannot write it ({err.strerror or err})") from None
         return paths

@@ -2,8 +2,15 @@
 
 `fetch` returns the body only when it is small enough and arrives in time; every failure is a
 UserError whose message names the URL and says what went wrong.
+
+The whole download has a deadline, however the server sends (or drips) its bytes: it runs in a
+worker thread, and when the deadline passes the caller gets its error at once while the worker's
+connection is shut, which ends the worker's blocked read. (A server that drips its headers keeps
+that daemon thread until it stops; the caller still gets its error on time.)
 """
 import re
+import socket
+import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional, Tuple
@@ -44,20 +51,72 @@ def fetch(url: str, limits: FetchLimits = FetchLimits()) -> Tuple[bytes, str]:
     """GET `url`; returns (body, the Content-Type the server declared or "").
 
     Raises:
-        UserError: not http(s), a connection or HTTP error, a time-out, too many redirects, or
-            a body larger than limits.max_bytes.
+        UserError: not http(s), a connection or HTTP error, a time-out (limits.read_timeout
+            without a byte, or limits.total_timeout for the whole download), too many redirects,
+            a body cut short, or a body larger than limits.max_bytes.
     """
     import requests
 
     scheme = urlsplit(url).scheme.lower()
     if scheme not in ("http", "https"):
         raise UserError(f"{url}: only http and https URLs are fetched")
-    session = requests.Session()
+    download = _Download(url, limits, requests.Session())
+    threading.Thread(target=download.run, name="fetch", daemon=True).start()
+    if not download.done.wait(limits.total_timeout):
+        download.abort()
+        raise UserError(f"{url}: the download took over {limits.total_timeout:g} s and was stopped")
+    if download.error is not None:
+        raise download.error
+    return download.result
+
+
+class _Download:
+    """One GET run by a worker thread: `result` or `error` once `done` is set; `abort` stops it."""
+
+    def __init__(self, url: str, limits: FetchLimits, session):
+        self.url, self.limits, self.session = url, limits, session
+        self.done, self.aborted = threading.Event(), threading.Event()
+        self.response = None
+        self.result: Tuple[bytes, str] = (b"", "")
+        self.error: Optional[UserError] = None
+
+    def run(self) -> None:
+        try:
+            self.result = _get(self)
+        except UserError as err:
+            self.error = err
+        except Exception as err:  # an unforeseen library error: still one line for the caller
+            self.error = UserError(f"{self.url}: download failed ({first_line(err)})")
+        finally:
+            self.session.close()
+            self.done.set()
+
+    def abort(self) -> None:
+        """Shut the connection the worker reads from, so that its blocked read returns now."""
+        self.aborted.set()
+        raw = getattr(self.response, "raw", None)
+        sock = getattr(getattr(raw, "connection", None), "sock", None)
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:  # already closed
+                pass
+
+
+def _get(download: _Download) -> Tuple[bytes, str]:
+    """The download itself (in the worker thread); see `fetch`."""
+    import requests
+
+    url, limits, session = download.url, download.limits, download.session
     session.max_redirects = limits.max_redirects
     start = time.monotonic()
     try:
+        # identity: an image gains nothing from compression, and a compressed body could be a bomb
+        # (one that comes compressed anyway is still counted after decompression, against max_bytes)
         with session.get(url, stream=True, timeout=(limits.connect_timeout, limits.read_timeout),
-                         headers={"User-Agent": "fer-predict/1.0", "Accept": "image/*"}) as response:
+                         headers={"User-Agent": "fer-predict/1.0", "Accept": "image/*",
+                                  "Accept-Encoding": "identity"}) as response:
+            download.response = response
             if response.status_code != 200:
                 raise UserError(f"{url}: HTTP {response.status_code} {response.reason or ''}".rstrip())
             declared = response.headers.get("Content-Length", "")
@@ -70,21 +129,21 @@ def fetch(url: str, limits: FetchLimits = FetchLimits()) -> Tuple[bytes, str]:
                 if len(body) > limits.max_bytes:
                     raise UserError(f"{url}: the download passed the limit of {_mb(limits.max_bytes)} and was "
                                     "stopped (--max-download-mb)")
-                if time.monotonic() - start > limits.total_timeout:
+                if time.monotonic() - start > limits.total_timeout or download.aborted.is_set():
                     raise UserError(f"{url}: the download took over {limits.total_timeout:g} s and was stopped")
             return bytes(body), response.headers.get("Content-Type", "")
     except requests.TooManyRedirects:
         raise UserError(f"{url}: more than {limits.max_redirects} redirects (a redirect loop?)") from None
     except requests.Timeout:
         raise UserError(f"{url}: no answer within {limits.read_timeout:g} s (timed out)") from None
+    except requests.exceptions.ChunkedEncodingError:
+        raise UserError(f"{url}: the server broke off the download (it sent less than it announced)") from None
     except requests.ConnectionError as err:
         if "timed out" in str(err).lower():  # a read time-out in mid-body arrives as a ConnectionError
             raise UserError(f"{url}: no answer within {limits.read_timeout:g} s (timed out)") from None
         raise UserError(f"{url}: cannot connect ({_reason(err)})") from None
     except requests.RequestException as err:
         raise UserError(f"{url}: download failed ({first_line(err)})") from None
-    finally:
-        session.close()
 
 
 def fetch_image(url: str, limits: FetchLimits = FetchLimits(), max_pixels: Optional[int] = None) -> "Image.Image":
@@ -101,6 +160,8 @@ def fetch_image(url: str, limits: FetchLimits = FetchLimits(), max_pixels: Optio
     except ImageTooLarge:
         raise
     except UserError:
+        if content_type.lower().startswith("image/"):
+            raise  # an image cut short or damaged: the decoder's words say which
         sent = f" (the server sent {content_type.split(';')[0]})" if content_type else ""
         raise UserError(f"{url}: the download is not an image{sent}") from None
 

@@ -162,6 +162,8 @@ class EmotionRecognizer:
             raise UserError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         if device != "cpu" and not device.startswith("cuda"):
             raise UserError(f"unknown device {device!r}; use cpu or cuda")
+        if not margin >= 0:  # also refuses NaN
+            raise UserError(f"the margin must be 0 or more (a fraction of the face box), got {margin}")
         path = resolve_checkpoint(checkpoint)
         is_onnx = path.suffix == ".onnx"
         if backend == "auto":
