@@ -8,6 +8,7 @@ import argparse
 import logging
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -15,12 +16,12 @@ from torch.nn.parallel import DistributedDataParallel
 
 from data.datasets import FaceFolder, find_datasets
 from data.loading import Batches, ShardedSampler, TensorCache, balanced_weights, source_repeats
-from data.transforms import IMAGENET_MEAN, IMAGENET_STD, PRESETS, Normalize, TrainAugment
+from data.transforms import IMAGENET_MEAN, IMAGENET_STD, PRESETS, AugmentConfig, Normalize, TrainAugment
 from networks import MODELS, build_criterion, build_model, default_pretrained
 from networks.fuse import group_heads
 from utils.checkpoint import load_checkpoint, load_state_strict
 from utils.distributed import cleanup, init_distributed
-from utils.engine import Precision, TrainStep, evaluate, nonfinite_tensor, train_one_epoch
+from utils.engine import BatchMix, Precision, TrainStep, evaluate, nonfinite_tensor, train_one_epoch
 from utils.errors import ArgumentParser, UserError, number, run_cli
 from utils.finetune import init_from
 from utils.metrics import confusion_matrix, summarize
@@ -62,6 +63,20 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--lambda-aff", type=number(float, 0), default=1.0, help="weight of DAN's affinity loss")
     p.add_argument("--lambda-part", type=number(float, 0), default=1.0, help="weight of DAN's partition loss")
     p.add_argument("--balanced-sampler", action="store_true", help="sample classes with equal probability")
+    p.add_argument("--scale-jitter", nargs=2, type=number(float, 0.1, 4.0), default=None, metavar=("LOW", "HIGH"),
+                   help="zoom range of the random affine, replacing the preset's (e.g. 0.7 1.2)")
+    p.add_argument("--color-jitter", type=number(float, 0, 1), default=0.0,
+                   help="probability of brightness, contrast and gamma jitter")
+    p.add_argument("--blur", type=number(float, 0, 1), default=0.0, help="probability of a Gaussian blur")
+    p.add_argument("--jpeg", type=number(float, 0, 1), default=0.0,
+                   help="probability of re-encoding a training image as JPEG of quality 20-80")
+    p.add_argument("--mixup", type=number(float, 0), default=0.0,
+                   help="mixup with Beta(a, a) weights (0: off); needs no votes")
+    p.add_argument("--cutmix", type=number(float, 0), default=0.0, help="CutMix with Beta(a, a) weights (0: off)")
+    p.add_argument("--logit-adjust", type=number(float, 0), default=0.0,
+                   help="logit-adjusted loss: add tau * log(class prior) to the logits inside the loss (0: off)")
+    p.add_argument("--train-fraction", type=number(float, 0, 1, low_open=True), default=1.0,
+                   help="train on a fixed random share of the training images (quick trials)")
     p.add_argument("--oversample", nargs="+", default=[], metavar="SOURCE=K",
                    help="show each image of a source K times per epoch (e.g. ckplus48=8 next to FER+)")
     p.add_argument("--soft-labels", default="auto",
@@ -154,6 +169,10 @@ def make_optimizer(step: TrainStep, args):
 def build_data(args, device, dist_info):
     roots = [Path(d) for d in args.data]
     train_set = FaceFolder(roots, "train", args.img_size)
+    if args.train_fraction < 1:  # a fixed share, the same for every epoch and every resume
+        keep = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(args.seed))
+        keep = keep[:max(1, int(args.train_fraction * len(train_set)))].sort().values
+        train_set.samples = [train_set.samples[i] for i in keep.tolist()]
     val_set = FaceFolder(roots, "val", args.img_size, classes=train_set.classes)
     if val_set.missing_classes():
         log.warning("the val split has no images of %s: validation accuracy leaves them out",
@@ -189,6 +208,14 @@ def build_data(args, device, dist_info):
         if targets is not None:
             soft = torch.from_numpy(targets).to(device)
     return train_set, val_set, train_batches, val_batches, soft
+
+
+def augment_config(args) -> AugmentConfig:
+    """The --aug preset with the options that add to it."""
+    config = replace(PRESETS[args.aug], p_color=args.color_jitter, p_blur=args.blur, p_jpeg=args.jpeg)
+    if args.scale_jitter:
+        config = replace(config, scale=tuple(args.scale_jitter), p_affine=max(config.p_affine, 0.5))
+    return config
 
 
 def parse_oversample(items) -> dict:
@@ -331,7 +358,13 @@ def _train(args, device, dist_info) -> dict:
         runner.model = torch.compile(model)
     if dist_info.enabled:
         runner = DistributedDataParallel(step, device_ids=[device.index or 0] if device.type == "cuda" else None)
-    augment = TrainAugment(PRESETS[args.aug], Normalize(meta["mean"], meta["std"]))
+    augment = TrainAugment(augment_config(args), Normalize(meta["mean"], meta["std"]))
+    mix = BatchMix(args.cutmix, cutmix=True) if args.cutmix else BatchMix(args.mixup) if args.mixup else None
+    if mix is not None and soft_targets is None:  # mixing blends targets: one-hot where there are no votes
+        soft_targets = torch.nn.functional.one_hot(torch.as_tensor(train_set.labels), len(classes)).float().to(device)
+    if args.logit_adjust:
+        prior = torch.as_tensor(train_set.class_counts(), dtype=torch.float32).clamp(min=1)
+        criterion.logit_bias = (args.logit_adjust * (prior / prior.sum()).log()).to(device)
     normalize = Normalize(meta["mean"], meta["std"])
     weights = {"ce": 1.0, "affinity": args.lambda_aff, "partition": args.lambda_part}
     log.info("%s: %.2fM parameters | %s | %s | batch %d x %d process(es) | %d iterations per epoch",
@@ -345,7 +378,7 @@ def _train(args, device, dist_info) -> dict:
         t0 = time.perf_counter()
         stats = train_one_epoch(runner, train_batches, optimizer, scheduler, scaler, augment, device=device,
                                 precision=precision, loss_weights=weights, channels_last=channels_last,
-                                dist_info=dist_info, desc=f"epoch {epoch}/{args.epochs}", soft_targets=soft_targets)
+                                dist_info=dist_info, desc=f"epoch {epoch}/{args.epochs}", soft_targets=soft_targets, mix=mix)
         result = evaluate(model, val_batches, normalize, device=device, precision=precision,
                           channels_last=channels_last, dist_info=dist_info, desc="val")
         val = summarize(confusion_matrix(result["labels"], result["preds"], len(classes)))

@@ -13,6 +13,8 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
+from utils.errors import UserError
+
 from .datasets import FaceFolder, collate_skip_none
 from .transforms import to_device
 
@@ -28,14 +30,18 @@ class ShardedSampler(Sampler):
         seed: base seed; the epoch is added so that resuming reproduces the order.
         rank, world_size: DDP shard; training shards are padded to equal length
             (as DistributedSampler does), evaluation shards are not, so summed counts are exact.
-        weights: optional per-sample weights: draw n samples with replacement (class balancing).
+        weights: optional per-sample weights: draw the epoch's samples with replacement (class balancing).
+        repeats: optional whole number of times each sample appears per epoch (oversampling a
+            small source); the epoch then holds sum(repeats) samples.
     """
 
     def __init__(self, n: int, shuffle: bool, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 weights: Optional[torch.Tensor] = None):
+                 weights: Optional[torch.Tensor] = None, repeats: Optional[torch.Tensor] = None):
         self.n, self.shuffle, self.seed = n, shuffle, seed
         self.rank, self.world_size = rank, world_size
         self.weights = weights
+        self.repeats = repeats
+        self.size = int(repeats.sum()) if repeats is not None and shuffle else n  # samples per epoch
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -45,12 +51,15 @@ class ShardedSampler(Sampler):
         if not self.shuffle:
             return torch.arange(self.n)[self.rank::self.world_size]
         g = torch.Generator().manual_seed(self.seed + self.epoch)
+        pool = torch.arange(self.n)
+        if self.repeats is not None:
+            pool = pool.repeat_interleave(self.repeats)
         if self.weights is not None:
-            idx = torch.multinomial(self.weights, self.n, replacement=True, generator=g)
+            idx = pool[torch.multinomial(self.weights[pool], self.size, replacement=True, generator=g)]
         else:
-            idx = torch.randperm(self.n, generator=g)
-        total = -(-self.n // self.world_size) * self.world_size
-        idx = idx.repeat(-(-total // self.n))[:total]  # pad with the first indices (repeated if n < ranks)
+            idx = pool[torch.randperm(self.size, generator=g)]
+        total = -(-self.size // self.world_size) * self.world_size
+        idx = idx.repeat(-(-total // self.size))[:total]  # pad with the first indices (repeated if n < ranks)
         return idx[self.rank::self.world_size]
 
     def __iter__(self) -> Iterator[int]:
@@ -60,7 +69,7 @@ class ShardedSampler(Sampler):
         # Arithmetic, not len(self.indices()), which would draw a permutation (or weighted
         # samples) of the whole dataset just to count it.
         if self.shuffle:
-            return -(-self.n // self.world_size)
+            return -(-self.size // self.world_size)
         return len(range(self.rank, self.n, self.world_size))
 
 
@@ -68,6 +77,20 @@ def balanced_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
     """Per-sample weights proportional to 1 / class frequency."""
     counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
     return torch.as_tensor(1.0 / counts[labels], dtype=torch.double)
+
+
+def source_repeats(sources: np.ndarray, source_names, factors: dict) -> torch.Tensor:
+    """Per-sample repeat counts: `factors[name]` for the images of source `name`, 1 for the rest.
+
+    Raises:
+        UserError: a factor names a source that is not in the data.
+    """
+    unknown = sorted(set(factors) - set(source_names))
+    if unknown:
+        raise UserError(f"--oversample names {unknown}, which are not sources of the training data "
+                        f"({', '.join(source_names)})")
+    per_source = torch.tensor([factors.get(name, 1) for name in source_names], dtype=torch.long)
+    return per_source[torch.as_tensor(sources, dtype=torch.long)]
 
 
 class TensorCache:

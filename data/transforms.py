@@ -31,6 +31,12 @@ class AugmentConfig:
         p_erase: probability of random erasing (value 0 after normalisation).
         erase_scale: erased area as a fraction of the image.
         erase_ratio: aspect ratio range of the erased rectangle.
+        p_color: probability of brightness, contrast and gamma jitter.
+        brightness: brightness factor drawn from U(1 - b, 1 + b).
+        contrast: contrast factor (around the image's mean) drawn from U(1 - c, 1 + c).
+        gamma: gamma drawn log-uniformly from this range.
+        p_blur: probability of a Gaussian blur with sigma drawn from U(blur_sigma), in pixels.
+        p_jpeg: probability of re-encoding as JPEG with quality drawn from U(jpeg_quality).
     """
 
     flip: float = 0.5
@@ -41,6 +47,14 @@ class AugmentConfig:
     p_erase: float = 0.5
     erase_scale: Tuple[float, float] = (0.02, 0.25)
     erase_ratio: Tuple[float, float] = (0.3, 3.3)
+    p_color: float = 0.0
+    brightness: float = 0.3
+    contrast: float = 0.3
+    gamma: Tuple[float, float] = (0.7, 1.4)
+    p_blur: float = 0.0
+    blur_sigma: Tuple[float, float] = (0.3, 1.5)
+    p_jpeg: float = 0.0
+    jpeg_quality: Tuple[int, int] = (20, 80)
 
 
 PRESETS = {
@@ -133,10 +147,89 @@ class TrainAugment:
                 & (box[:, 4] > 0))
         return x.masked_fill(mask.unsqueeze(1), 0.0)
 
+    def jpeg(self, images: torch.Tensor) -> torch.Tensor:
+        """Re-encode a share p_jpeg of the uint8 images as JPEG (on the CPU, where the codec runs)."""
+        from torchvision.io import decode_jpeg, encode_jpeg
+
+        c = self.config
+        apply = (torch.rand(images.shape[0]) < c.p_jpeg).nonzero().flatten().tolist()
+        quality = torch.randint(c.jpeg_quality[0], c.jpeg_quality[1] + 1, (images.shape[0],)).tolist()
+        if not apply:
+            return images
+        out = images.cpu().clone()
+        for i in apply:
+            out[i] = decode_jpeg(encode_jpeg(out[i].contiguous(), quality=quality[i]))
+        return out.to(images.device)
+
+    def color(self, x: torch.Tensor) -> torch.Tensor:
+        """Brightness, contrast and gamma jitter on float images in [0, 1], per image."""
+        c = self.config
+        b = x.shape[0]
+        apply = (torch.rand(b) < c.p_color).float()
+        bright = 1 + (torch.rand(b) * 2 - 1) * c.brightness * apply
+        contrast = 1 + (torch.rand(b) * 2 - 1) * c.contrast * apply
+        log_g = torch.empty(b).uniform_(math.log(c.gamma[0]), math.log(c.gamma[1])) * apply
+        params = to_device(torch.stack([bright, contrast, log_g.exp()], 1), x.device).view(b, 3, 1, 1, 1)
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        x = ((x - mean) * params[:, 1] + mean) * params[:, 0]
+        return x.clamp(0, 1).pow(params[:, 2])
+
+    def blur(self, x: torch.Tensor) -> torch.Tensor:
+        """Gaussian blur (separable, 7 taps) with a sigma per image; sigma 0 where not applied."""
+        c = self.config
+        b, ch, h, w = x.shape
+        apply = torch.rand(b) < c.p_blur
+        sigma = torch.empty(b).uniform_(*c.blur_sigma)
+        taps = torch.arange(-3, 4, dtype=torch.float32)
+        kernel = torch.exp(-taps[None] ** 2 / (2 * sigma[:, None] ** 2))
+        kernel = torch.where(apply[:, None], kernel, (taps == 0).float()[None])
+        kernel = to_device(kernel / kernel.sum(1, keepdim=True), x.device)  # (B, 7)
+        k = kernel.repeat_interleave(ch, 0)  # one kernel per (image, channel) plane
+        planes = x.reshape(1, b * ch, h, w)
+        planes = F.conv2d(F.pad(planes, (3, 3, 0, 0), mode="replicate"), k.view(b * ch, 1, 1, 7), groups=b * ch)
+        planes = F.conv2d(F.pad(planes, (0, 0, 3, 3), mode="replicate"), k.view(b * ch, 1, 7, 1), groups=b * ch)
+        return planes.view(b, ch, h, w)
+
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        if c.p_jpeg > 0:
+            images = self.jpeg(images)
         x = images.float() / 255.0
         theta = to_device(self.affine_matrices(x.shape[0]), x.device)
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        if c.p_color > 0:
+            x = self.color(x)
+        if c.p_blur > 0:
+            x = self.blur(x)
         x = self.normalize.standardize(x)
-        return self.erase(x) if self.config.p_erase > 0 else x
+        return self.erase(x) if c.p_erase > 0 else x
+
+
+def mix_batch(x: torch.Tensor, targets: torch.Tensor, alpha: float, cutmix: bool):
+    """Mixup (Zhang et al. 2018) or CutMix (Yun et al. 2019) of a batch with its own permutation.
+
+    Args:
+        x: (B, 3, S, S) normalised images.
+        targets: (B, C) label distributions.
+        alpha: the Beta(alpha, alpha) parameter of the mixing weight.
+        cutmix: paste a box of the partner image instead of blending.
+
+    Returns:
+        (mixed images, mixed targets, lam, perm): image i mixes lam of itself with 1 - lam of perm[i].
+    """
+    lam = float(torch.distributions.Beta(alpha, alpha).sample())
+    perm = to_device(torch.randperm(x.shape[0]), x.device)
+    if cutmix:
+        h, w = x.shape[-2:]
+        cut = math.sqrt(1 - lam)
+        ch, cw = int(h * cut), int(w * cut)
+        cy, cx = int(torch.randint(h, ())), int(torch.randint(w, ()))
+        top, bottom = max(cy - ch // 2, 0), min(cy + ch // 2, h)
+        left, right = max(cx - cw // 2, 0), min(cx + cw // 2, w)
+        x = x.clone()
+        x[..., top:bottom, left:right] = x[perm][..., top:bottom, left:right]
+        lam = 1 - (bottom - top) * (right - left) / (h * w)  # the area actually kept
+    else:
+        x = lam * x + (1 - lam) * x[perm]
+    return x, lam * targets + (1 - lam) * targets[perm], lam, perm

@@ -1,5 +1,5 @@
 """Training criteria. Each returns a dict of named loss terms; `total_loss` weighs them in one place."""
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 import torch.nn.functional as F
@@ -45,8 +45,23 @@ def partition_loss(heads: torch.Tensor) -> torch.Tensor:
     return torch.log1p(num_heads / (var + torch.finfo(torch.float32).eps))
 
 
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor, soft: Optional[torch.Tensor],
+                        label_smoothing: float, logit_bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Cross-entropy against the labels, or against label distributions `soft` (B, C) when given
+    (FER+'s annotator votes: -sum_c q_c log p_c, averaged over the batch).
+
+    `logit_bias` (C,) is added to the logits inside the loss only: with tau * log(class prior) it is
+    the logit-adjusted loss (Menon et al. 2021), which trains the plain logits towards balanced
+    accuracy against a skewed prior."""
+    logits = logits.float() if logit_bias is None else logits.float() + logit_bias
+    return F.cross_entropy(logits, soft if soft is not None else labels, label_smoothing=label_smoothing)
+
+
 class DANCriterion(nn.Module):
     """Cross-entropy + affinity + partition, with exactly `num_classes` learned centers.
+
+    With label distributions the cross-entropy is taken against them; the affinity term keeps
+    the (majority) label, since a feature has one class center to be pulled to.
 
     Args:
         num_classes: C.
@@ -58,10 +73,12 @@ class DANCriterion(nn.Module):
         super().__init__()
         self.centers = nn.Parameter(torch.randn(num_classes, feat_dim))
         self.label_smoothing = label_smoothing
+        self.logit_bias: Optional[torch.Tensor] = None  # see classification_loss; not part of the state
 
-    def forward(self, output: ModelOutput, labels: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def forward(self, output: ModelOutput, labels: torch.Tensor,
+                soft: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
         return {
-            "ce": F.cross_entropy(output.logits.float(), labels, label_smoothing=self.label_smoothing),
+            "ce": classification_loss(output.logits, labels, soft, self.label_smoothing, self.logit_bias),
             "affinity": affinity_loss(output.features, labels, self.centers),
             "partition": partition_loss(output.heads),
         }
@@ -73,9 +90,11 @@ class CECriterion(nn.Module):
     def __init__(self, label_smoothing: float = 0.0):
         super().__init__()
         self.label_smoothing = label_smoothing
+        self.logit_bias: Optional[torch.Tensor] = None
 
-    def forward(self, output: ModelOutput, labels: torch.Tensor) -> Dict[str, torch.Tensor]:
-        return {"ce": F.cross_entropy(output.logits.float(), labels, label_smoothing=self.label_smoothing)}
+    def forward(self, output: ModelOutput, labels: torch.Tensor,
+                soft: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+        return {"ce": classification_loss(output.logits, labels, soft, self.label_smoothing, self.logit_bias)}
 
 
 def total_loss(losses: Dict[str, torch.Tensor], weights: Dict[str, float]) -> torch.Tensor:

@@ -9,9 +9,18 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from data.transforms import mix_batch
 from networks.losses import total_loss
 from utils.distributed import DistInfo, all_gather_cat, all_reduce_sum
 from utils.errors import UserError
+
+
+@dataclass(frozen=True)
+class BatchMix:
+    """Mixup (cutmix False) or CutMix of each training batch with Beta(alpha, alpha) weights."""
+
+    alpha: float
+    cutmix: bool = False
 
 
 @dataclass
@@ -56,11 +65,13 @@ class TrainStep(nn.Module):
 
 def train_one_epoch(step: nn.Module, batches, optimizer, scheduler, scaler, augment, *, device: torch.device,
                     precision: Precision, loss_weights: Dict[str, float], channels_last: bool,
-                    dist_info: DistInfo, desc: str, soft_targets: Optional[torch.Tensor] = None) -> Dict[str, float]:
+                    dist_info: DistInfo, desc: str, soft_targets: Optional[torch.Tensor] = None,
+                    mix: Optional[BatchMix] = None) -> Dict[str, float]:
     """One pass over `batches`; returns the mean of each loss term, total loss, accuracy and images/s.
 
     `soft_targets` (N, C) on `device`, indexed by sample index, replaces the labels in the
-    cross-entropy term (label distributions from annotators' votes)."""
+    cross-entropy term (label distributions from annotators' votes); `mix` (mixup or CutMix)
+    needs them. With `mix`, the label of the larger part stands for the image elsewhere."""
     step.train()
     # Reading a number back waits for the GPU: do it every 50 steps there, every 10 on the CPU.
     log_every = 50 if device.type == "cuda" else 10
@@ -78,6 +89,9 @@ def train_one_epoch(step: nn.Module, batches, optimizer, scheduler, scaler, augm
         labels = labels.to(device, non_blocking=True)
         soft = soft_targets[indices.to(device, non_blocking=True)] if soft_targets is not None else None
         x = augment(images)
+        if mix is not None:
+            x, soft, lam, perm = mix_batch(x, soft, mix.alpha, mix.cutmix)
+            labels = labels if lam >= 0.5 else labels[perm]
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=precision.dtype, enabled=precision.enabled):

@@ -19,6 +19,11 @@ def plot_history(history: List[Dict], path: Path) -> None:
     ax_acc.plot(epochs, [100 * h["train_acc"] for h in history], "o-", label="train")
     ax_acc.plot(epochs, [100 * h["val_acc"] for h in history], "o-", label="val")
     ax_acc.plot(epochs, [100 * h["val_balanced_acc"] for h in history], "--", label="val (balanced)")
+    sources = history[-1].get("val_acc_per_source", {})
+    if len(sources) > 1:
+        for name in sources:
+            ax_acc.plot(epochs, [100 * h.get("val_acc_per_source", {}).get(name, float("nan")) for h in history],
+                        ":", label=f"val {name}")
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)

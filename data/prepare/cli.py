@@ -69,6 +69,9 @@ def _add_common_arguments(parser, *, many_sources: bool, unsplit: bool) -> None:
                         help="cut the dataset into this many folds (by subject where known); --fold is test/")
     parser.add_argument("--folds-csv", default=None, help="CSV with the columns subject,fold, instead of --folds")
     parser.add_argument("--fold", type=int, default=0, help="fold held out as test/ (default: 0)")
+    parser.add_argument("--val-fold", type=int, default=None,
+                        help="fold used as val/ (e.g. CK+ fold 1 for model selection), instead of carving val/ "
+                             "from the training folds")
     parser.add_argument("--val-is-test", action="store_true",
                         help="use the held-out fold as val/ too, instead of carving val/ from train/")
 
@@ -106,4 +109,4 @@ def _split_options(args) -> SplitOptions:
     return SplitOptions(seed=args.seed, val_fraction=args.val_fraction,
                         test_fraction=getattr(args, "test_fraction", 0.0), folds=getattr(args, "folds", 0),
                         fold=getattr(args, "fold", 0), folds_csv=getattr(args, "folds_csv", None),
-                        val_is_test=getattr(args, "val_is_test", False))
+                        val_is_test=getattr(args, "val_is_test", False), val_fold=getattr(args, "val_fold", None))

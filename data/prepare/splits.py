@@ -25,15 +25,16 @@ class SplitOptions:
     fold: int = 0
     folds_csv: Optional[Path] = None
     val_is_test: bool = False
+    val_fold: Optional[int] = None
 
 
 def assign_splits(samples: list[Sample], options: SplitOptions, problems: Problems) -> list[Sample]:
     """Give every sample a split.
 
     Samples without a split (ckplus, folder) first get test/ held out: fold `options.fold`
-    of `options.folds` (or of --folds-csv), else `options.test_fraction` of the images.
-    Then val/ is the test fold itself with `val_is_test`, or carved from train/ when the
-    dataset has no val/ of its own.
+    of `options.folds` (or of --folds-csv), else `options.test_fraction` of the images;
+    with `val_fold`, that fold becomes val/. Then val/ is the test fold itself with
+    `val_is_test`, or carved from train/ when the dataset has no val/ of its own.
 
     Returns:
         The samples (val copies added with `val_is_test`; samples whose subject is not
@@ -58,27 +59,34 @@ def assign_splits(samples: list[Sample], options: SplitOptions, problems: Proble
 
 
 def _hold_out_test(samples: list[Sample], options: SplitOptions, problems: Problems) -> list[Sample]:
+    if options.val_fold is not None:
+        if not (options.folds or options.folds_csv):
+            raise UserError("--val-fold needs --folds K or --folds-csv FILE")
+        if options.val_fold == options.fold or options.val_is_test:
+            raise UserError("--val-fold must differ from --fold and cannot go with --val-is-test")
     if options.folds_csv:
-        samples, held_out = _folds_from_csv(samples, options, problems)
+        samples, folds = _folds_from_csv(samples, options, problems)
     elif options.folds:
         if options.folds < 2 or not 0 <= options.fold < options.folds:
             raise UserError(f"--folds {options.folds} --fold {options.fold}: need folds >= 2 and 0 <= fold < folds")
+        if options.val_fold is not None and not 0 <= options.val_fold < options.folds:
+            raise UserError(f"--val-fold {options.val_fold}: need 0 <= val-fold < folds")
         folds = split_bins(samples, [1 / options.folds] * options.folds, random.Random(f"{options.seed}-folds"))
-        held_out = [fold == options.fold for fold in folds]
     elif options.fold:
         raise UserError("--fold needs --folds K or --folds-csv FILE")
     elif options.test_fraction > 0:
         shares = [1 - options.test_fraction, options.test_fraction]
-        held_out = [part == 1 for part in split_bins(samples, shares, random.Random(f"{options.seed}-test"))]
+        folds = split_bins(samples, shares, random.Random(f"{options.seed}-test"))  # bin 1 is held out
+        options = replace(options, fold=1)
     else:
-        held_out = [False] * len(samples)
-    for sample, out in zip(samples, held_out):
-        sample.split = "test" if out else "train"
+        folds = [-1] * len(samples)
+    for sample, fold in zip(samples, folds):
+        sample.split = "test" if fold == options.fold else "val" if fold == options.val_fold else "train"
     return samples
 
 
 def _folds_from_csv(samples: list[Sample], options: SplitOptions, problems: Problems):
-    """(samples whose subject has a fold, whether each is in the held-out fold)."""
+    """(samples whose subject has a fold, the fold of each)."""
     if not all(s.subject for s in samples):
         raise UserError("--folds-csv needs each image's subject: pass --subject-regex (e.g. '^(S\\d+)_')")
     fold_of = read_folds_csv(options.folds_csv, problems)
@@ -91,7 +99,7 @@ def _folds_from_csv(samples: list[Sample], options: SplitOptions, problems: Prob
             kept.append(sample)
         else:
             problems.report(sample.original, f"subject {sample.subject!r} is not in {options.folds_csv}")
-    return kept, [fold_of[s.subject] == options.fold for s in kept]
+    return kept, [fold_of[s.subject] for s in kept]
 
 
 def read_folds_csv(path: Path, problems: Problems) -> dict[str, int]:
