@@ -264,11 +264,21 @@ def test_fer2013_bad_rows_are_reported_with_their_line(tmp_path, caplog):
         _prepare("fer2013", "--src", src, "--dst", tmp_path / "strict", "--strict")
 
 
-def test_ferplus_majority_relabels_and_drops(tmp_path):
+def _ferplus_csv(path: Path, votes: list[list], usages: list[str], faces=None) -> Path:
+    """FER+'s fer2013new.csv: one row of 10 counts per FER2013 row; rows not in `faces`
+    (default: all) have no image name, as FER+ marks non-faces."""
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["Usage", "Image name", "neutral", "happiness", "surprise", "sadness", "anger", "disgust",
+                         "fear", "contempt", "unknown", "NF"])
+        for i, (vote, usage) in enumerate(zip(votes, usages)):
+            writer.writerow([usage, f"fer{i:07d}.png" if faces is None or i in faces else ""] + vote)
+    return path
+
+
+def test_fer2013_ferplus_plurality_relabels_and_drops(tmp_path):
     rows = _fer_rows()[:7]
     _fer_csv(tmp_path / "fer2013.csv", rows)
-    header = ["Usage", "Image name", "neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear",
-              "contempt", "unknown", "NF"]
     votes = [[0, 8, 1, 0, 0, 0, 0, 0, 1, 0],  # happy
              [1, 0, 0, 0, 0, 0, 0, 0, 9, 0],  # unknown: dropped
              [0, 0, 0, 0, 0, 0, 0, 0, 0, 10],  # not a face: dropped
@@ -276,16 +286,115 @@ def test_ferplus_majority_relabels_and_drops(tmp_path):
              [0, 0, 0, 3, 0, 0, 0, 7, 0, 0],  # contempt
              [0, 0, 0, 6, 4, 0, 0, 0, 0, 0],  # sad
              [10, 0, 0, 0, 0, 0, 0, 0, 0, 0]]  # not in FER+ (no image name): dropped
-    with open(tmp_path / "fer2013new.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        for i, vote in enumerate(votes):
-            writer.writerow(["Training", "" if i == 6 else f"fer{i:07d}.png"] + vote)
+    _ferplus_csv(tmp_path / "fer2013new.csv", votes, ["Training"] * 7, faces=range(6))
     _prepare("fer2013", "--src", tmp_path / "fer2013.csv", "--dst", tmp_path / "out",
              "--ferplus", tmp_path / "fer2013new.csv", "--val-fraction", "0")
     labels = {Path(row["path"]).name: row["class"] for row in _manifest(tmp_path / "out")}
     assert labels == {"fer0000000.png": "happy", "fer0000004.png": "contempt", "fer0000005.png": "sad"}
     assert {row["source"] for row in _manifest(tmp_path / "out")} == {"ferplus"}
+
+
+# ---------------------------------------------------------------- ferplus
+
+# One image per case of FER+'s protocol: (usage, votes in fer2013new.csv's column order
+# neutral, happiness, surprise, sadness, anger, disgust, fear, contempt, unknown, NF).
+_FERPLUS_CASES = [
+    ("Training", [0, 8, 1, 0, 0, 0, 0, 0, 1, 0]),  # 0: happy 8 of 10
+    ("Training", [0, 0, 1, 4, 3, 0, 1, 0, 1, 0]),  # 1: sad 4 of 10, but 4 of the 7 left without the single votes
+    ("Training", [0, 0, 4, 3, 0, 0, 3, 0, 0, 0]),  # 2: no majority; surprise is the top
+    ("Training", [1, 0, 0, 0, 0, 0, 0, 0, 9, 0]),  # 3: unknown wins
+    ("Training", [0, 3, 0, 0, 0, 0, 0, 0, 4, 3]),  # 4: no majority; unknown is the top
+    ("PublicTest", [0, 0, 0, 0, 0, 0, 0, 0, 2, 8]),  # 5: not-a-face wins
+    ("PublicTest", [10, 0, 0, 0, 0, 0, 0, 0, 0, 0]),  # 6: no image name: not a face
+    ("PublicTest", [0, 0, 0, 3, 0, 0, 0, 7, 0, 0]),  # 7: contempt
+    ("PrivateTest", [0, 0, 0, 0, 6, 2, 1, 0, 1, 0]),  # 8: angry
+    ("PrivateTest", [5, 5, 0, 0, 0, 0, 0, 0, 0, 0]),  # 9: tie: no majority, no unique top
+]
+_NOT_A_FACE = "not a face: no Image name in fer2013new.csv"
+_VOTES_HEADER = "file,neutral,happy,surprise,sad,angry,disgust,fear,contempt,unknown,not_face"
+
+
+def _ferplus_release(root: Path, cases=_FERPLUS_CASES) -> tuple[Path, Path]:
+    """(fer2013.csv, fer2013new.csv) in `root`, one FER2013 row per case, row 6 not a face."""
+    root.mkdir(parents=True, exist_ok=True)
+    usages = [usage for usage, _ in cases]
+    fer = _fer_csv(root / "fer2013.csv", [(i % 7, _pixels(100 + i), usage) for i, usage in enumerate(usages)])
+    votes = _ferplus_csv(root / "fer2013new.csv", [vote for _, vote in cases], usages,
+                         faces=set(range(len(cases))) - {6})
+    return fer, votes
+
+
+@pytest.mark.parametrize("options, kept, dropped", [
+    ([], {0: "train/happy", 1: "train/sad", 7: "val/contempt", 8: "test/angry"},
+     {"no majority": 3, "winner unknown": 1, "winner not_face": 1, _NOT_A_FACE: 1}),
+    (["--no-majority", "keep-argmax"], {0: "train/happy", 1: "train/sad", 2: "train/surprise", 7: "val/contempt",
+                                        8: "test/angry"},
+     {"no majority": 1, "winner unknown": 2, "winner not_face": 1, _NOT_A_FACE: 1}),
+    (["--min-votes", "1"], {0: "train/happy", 7: "val/contempt", 8: "test/angry"},
+     {"no majority": 4, "winner unknown": 1, "winner not_face": 1, _NOT_A_FACE: 1}),
+])
+def test_ferplus_majority_protocol_splits_votes_and_drops(tmp_path, options, kept, dropped):
+    fer, votes = _ferplus_release(tmp_path / "release")
+    dst = tmp_path / "out"
+    _prepare("ferplus", "--src", fer.parent, "--votes", votes, "--dst", dst, *options)
+    expected = {f"{where}/fer{i:07d}.png" for i, where in kept.items()}
+    assert {row["path"] for row in _manifest(dst)} == expected
+    assert {p.relative_to(dst).as_posix() for p in dst.glob("*/*/*")} == expected
+    assert {row["source"] for row in _manifest(dst)} == {"ferplus"}
+    for i, where in kept.items():  # FER2013's pixels, exactly
+        assert np.array_equal(np.asarray(Image.open(dst / f"{where}/fer{i:07d}.png")), _pixels(100 + i))
+    lines = (dst / "votes.csv").read_text().splitlines()
+    assert lines[0] == _VOTES_HEADER
+    assert lines[1:] == [f"{where}/fer{i:07d}.png," + ",".join(map(str, _FERPLUS_CASES[i][1]))
+                         for i, where in sorted(kept.items(), key=lambda item: item[1])]  # raw counts
+    info = json.loads((dst / "prepare.json").read_text())
+    assert info["kind"] == "ferplus" and info["dropped"] == dropped
+
+
+def test_ferplus_votes_train_as_distributions(tmp_path):
+    from data.classes import CANONICAL_CLASSES
+    from data.datasets import FaceFolder
+    fer, votes = _ferplus_release(tmp_path / "release")
+    _prepare("ferplus", "--src", fer, "--votes", votes, "--dst", tmp_path / "out")
+    train = FaceFolder([tmp_path / "out"], "train", 48, classes=CANONICAL_CLASSES)
+    assert [Path(s.path).name for s in train.samples] == ["fer0000000.png", "fer0000001.png"]
+    expected = np.zeros((2, 8), dtype=np.float32)
+    expected[0, CANONICAL_CLASSES.index("happy")] = 1  # 8 happy; the single surprise and unknown dropped
+    expected[1, CANONICAL_CLASSES.index("sad")] = 4 / 7  # 4 sad, 3 angry; single votes dropped
+    expected[1, CANONICAL_CLASSES.index("angry")] = 3 / 7
+    np.testing.assert_allclose(train.soft_targets(), expected, rtol=1e-6)
+
+
+def test_ferplus_mismatched_row_counts_are_one_line(tmp_path):
+    fer, _ = _ferplus_release(tmp_path / "release")
+    short = _ferplus_csv(tmp_path / "short.csv", [vote for _, vote in _FERPLUS_CASES[:9]], ["Training"] * 9)
+    with pytest.raises(UserError, match=r"short.csv has 9 rows but .*fer2013.csv has 10: give the fer2013new.csv") \
+            as caught:
+        _prepare("ferplus", "--src", fer, "--votes", short, "--dst", tmp_path / "out")
+    assert "\n" not in str(caught.value)
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(UserError, match=r"--votes .*missing.csv does not exist"):
+        _prepare("ferplus", "--src", fer, "--votes", tmp_path / "missing.csv", "--dst", tmp_path / "out")
+
+
+def test_merge_carries_votes_under_merged_names_and_the_class_map(tmp_path):
+    fer, votes = _ferplus_release(tmp_path / "release")
+    _prepare("ferplus", "--src", fer, "--votes", votes, "--dst", tmp_path / "ferplus")
+    _prepare("fer2013", "--src", fer, "--dst", tmp_path / "fer2013", "--val-fraction", "0")  # no votes.csv
+    merged = tmp_path / "merged"
+    _prepare("merge", "--src", tmp_path / "ferplus", tmp_path / "fer2013", "--dst", merged,
+             "--class-map", "angry=-,contempt=disgust")
+    with open(merged / "votes.csv", newline="") as f:
+        rows = {row.pop("file"): row for row in csv.DictReader(f)}
+    # contempt's votes follow its images to disgust; angry's go with its images
+    columns = "neutral,happy,surprise,sad,disgust,fear,unknown,not_face"
+    assert list(next(iter(rows.values()))) == columns.split(",")
+    assert rows == {
+        "train/happy/ferplus__fer0000000.png": dict(zip(columns.split(","), "0 8 1 0 0 0 1 0".split())),
+        "train/sad/ferplus__fer0000001.png": dict(zip(columns.split(","), "0 0 1 4 0 1 1 0".split())),
+        "val/disgust/ferplus__fer0000007.png": dict(zip(columns.split(","), "0 0 0 3 7 0 0 0".split())),
+    }
+    assert all(Path(path).parts[:2] in _layout(merged) for path in rows)
 
 
 # ---------------------------------------------------------------- ckplus

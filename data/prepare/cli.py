@@ -4,14 +4,14 @@ import logging
 from collections import Counter
 from pathlib import Path
 
-from data.prepare import affectnet, audit, ckplus, fer2013, folder, merge, rafdb
+from data.prepare import affectnet, audit, ckplus, fer2013, ferplus, folder, merge, rafdb
 from data.prepare.common import Problems, check_destination, write_dataset
 from data.prepare.splits import SplitOptions, assign_splits
 
 log = logging.getLogger("data.prepare")
 
-KINDS = {"rafdb": rafdb, "affectnet": affectnet, "fer2013": fer2013, "ckplus": ckplus, "folder": folder,
-         "merge": merge}
+KINDS = {"rafdb": rafdb, "affectnet": affectnet, "fer2013": fer2013, "ferplus": ferplus, "ckplus": ckplus,
+         "folder": folder, "merge": merge}
 # Kinds whose releases have no split: test/ is held out by subject fold or fraction.
 _UNSPLIT = {"ckplus", "folder"}
 # Kinds that read every image under --src, which must therefore not hold --dst.

@@ -2,7 +2,8 @@
 
 A converter turns a release into a list of `Sample`s; `splits.assign_splits` fills in
 their splits; `write_dataset` writes them as `<dst>/<split>/<class>/<name>` next to a
-`manifest.csv`, in a temporary folder that is moved into place only when all went well.
+`manifest.csv` (and a `votes.csv` where samples carry annotators' votes), in a temporary
+folder that is moved into place only when all went well.
 """
 import csv
 import json
@@ -18,6 +19,7 @@ from typing import Callable, Optional
 from PIL import Image
 from tqdm import tqdm
 
+from data.votes import VOTES
 from utils.errors import UserError
 
 log = logging.getLogger("data.prepare")
@@ -47,6 +49,8 @@ class Sample:
         source: dataset the image comes from, e.g. "rafdb".
         original: where it came from: an image file, or "file:line" for CSV pixels.
         subject: person shown, "" when unknown.
+        votes: annotators' raw vote counts by column (canonical class, `unknown`, `not_face`),
+            e.g. FER+'s; None when the dataset has none. Written to votes.csv.
     """
 
     name: str
@@ -57,6 +61,7 @@ class Sample:
     subject: str = ""
     path: Optional[Path] = None
     load: Optional[Callable[[], Image.Image]] = None
+    votes: Optional[dict[str, int]] = None
 
     @property
     def relpath(self) -> str:
@@ -179,7 +184,8 @@ def check_destination(dst: Path, scanned: list[Path]) -> None:
 
 def write_dataset(samples: list[Sample], dst: Path, *, link: bool, problems: Problems,
                   info: dict) -> Counter:
-    """Write samples as `<dst>/<split>/<class>/<name>` with manifest.csv and prepare.json.
+    """Write samples as `<dst>/<split>/<class>/<name>` with manifest.csv and prepare.json,
+    and votes.csv (see data/votes.py) when any written sample carries votes.
 
     Everything goes to a hidden temporary folder next to `dst`, which replaces `dst`
     only at the end, so a failure never leaves a half-prepared dataset.
@@ -198,10 +204,14 @@ def write_dataset(samples: list[Sample], dst: Path, *, link: bool, problems: Pro
     tmp = dst.parent / f".{dst.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        rows = _write_images(samples, tmp, link, problems)
-        if not rows:
+        written = _write_images(samples, tmp, link, problems)
+        if not written:
             raise UserError(f"no image could be written to {dst}: check --src and the warnings above")
+        rows = [{"path": s.relpath, "class": s.label, "split": s.split, "source": s.source, "subject": s.subject,
+                 "original": s.original} for s in written]
         _write_manifest(tmp / MANIFEST, rows)
+        if any(s.votes is not None for s in written):
+            _write_votes(tmp / VOTES, written)
         counts = Counter((row["split"], row["class"]) for row in rows)
         _write_info(tmp / "prepare.json", info, counts, problems)
         _replace(tmp, dst)
@@ -210,8 +220,9 @@ def write_dataset(samples: list[Sample], dst: Path, *, link: bool, problems: Pro
     return counts
 
 
-def _write_images(samples: list[Sample], root: Path, link: bool, problems: Problems) -> list[dict]:
-    rows, taken = [], set()
+def _write_images(samples: list[Sample], root: Path, link: bool, problems: Problems) -> list[Sample]:
+    """The samples written, in the order of their paths."""
+    written, taken = [], set()
     for sample in tqdm(sorted(samples, key=lambda s: s.relpath), desc="writing", unit="img", disable=None):
         if sample.relpath in taken:
             problems.report(sample.original, f"another image is already written as {sample.relpath}")
@@ -224,9 +235,8 @@ def _write_images(samples: list[Sample], root: Path, link: bool, problems: Probl
             problems.report(sample.original, f"unreadable image ({err})")
             continue
         taken.add(sample.relpath)
-        rows.append({"path": sample.relpath, "class": sample.label, "split": sample.split,
-                     "source": sample.source, "subject": sample.subject, "original": sample.original})
-    return rows
+        written.append(sample)
+    return written
 
 
 def _write_image(sample: Sample, target: Path, link: bool) -> None:
@@ -253,6 +263,16 @@ def _write_manifest(path: Path, rows: list[dict]) -> None:
         writer = csv.DictWriter(f, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
+
+
+def _write_votes(path: Path, samples: list[Sample]) -> None:
+    """One row per sample with votes: its path, then its counts (0 for a column it lacks)."""
+    columns = list(dict.fromkeys(name for s in samples if s.votes for name in s.votes))
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(["file", *columns])
+        writer.writerows([s.relpath, *(s.votes.get(name, 0) for name in columns)]
+                         for s in samples if s.votes is not None)
 
 
 def _write_info(path: Path, info: dict, counts: Counter, problems: Problems) -> None:

@@ -3,8 +3,9 @@
 Each row holds an emotion (0-6), 48x48 grey pixels and a Usage: Training, PublicTest and
 PrivateTest become train/, val/ and test/. Images are written as PNG, so pixels survive exactly.
 With --ferplus `fer2013new.csv` (10 annotator votes per row, same row order), each image
-takes the label with the most votes; images whose top vote is unknown or not-a-face, or
-is tied, are dropped.
+takes the label with the most votes (a plain plurality); images whose top vote is unknown or
+not-a-face, or is tied, are dropped. The `ferplus` kind follows the FER+ paper's majority
+protocol instead, and writes the votes to votes.csv.
 """
 import csv
 from functools import partial
@@ -21,14 +22,15 @@ LABELS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 USAGE = {"Training": "train", "PublicTest": "val", "PrivateTest": "test"}
 SIZE = 48
 _CSV_NAMES = ("fer2013.csv", "icml_face_data.csv", "fer2013/fer2013.csv")
-_FERPLUS_VOTES = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt",
+FERPLUS_VOTES = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt",
                   "unknown", "NF")
 
 
 def add_arguments(parser) -> None:
     """Options of the `fer2013` kind."""
     parser.add_argument("--ferplus", default=None,
-                        help="FER+ fer2013new.csv: relabel each image by its annotators' majority (8 classes)")
+                        help="FER+ fer2013new.csv: relabel each image by its annotators' plurality (8 classes); "
+                             "the ferplus kind follows the FER+ paper's majority protocol and writes votes.csv")
 
 
 def read(args, problems: Problems) -> list[Sample]:
@@ -94,8 +96,8 @@ def pixels_to_image(pixels: bytes) -> Image.Image:
 
 
 def relabel_ferplus(samples: list, path: Path, problems: Problems) -> list:
-    """Replace FER2013 labels by the FER+ majority vote of the same row."""
-    votes = _read_ferplus(path, problems)
+    """Replace FER2013 labels by the FER+ plurality vote of the same row."""
+    votes = read_ferplus_votes(path, problems, "--ferplus")
     if len(votes) != len(samples):
         raise UserError(f"{path} has {len(votes)} rows but the FER2013 CSV has {len(samples)}: "
                         "give the fer2013new.csv that goes with this fer2013.csv")
@@ -108,21 +110,25 @@ def relabel_ferplus(samples: list, path: Path, problems: Problems) -> list:
     return relabelled
 
 
-def _read_ferplus(path: Path, problems: Problems) -> list:
+def read_ferplus_votes(path: Path, problems: Problems, option: str) -> list:
+    """One entry per data row of FER+'s fer2013new.csv (given as `option`), in file order:
+    {column of FERPLUS_VOTES: count}, {} for a row FER+ left out (no image name: not a
+    face), or None for a bad row (reported)."""
     if not path.is_file():
-        raise UserError(f"--ferplus {path} does not exist: give FER+'s fer2013new.csv")
+        raise UserError(f"{option} {path} does not exist: give FER+'s fer2013new.csv")
     votes = []
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
-        require_columns(reader, _FERPLUS_VOTES, path, "is it FER+'s fer2013new.csv?", kind="vote columns")
+        require_columns(reader, FERPLUS_VOTES, path, "is it FER+'s fer2013new.csv?", kind="vote columns")
         for row in reader:
+            if not (row.get("Image name") or "").strip():
+                votes.append({})
+                continue
             try:
-                count = {name: int(row[name]) for name in _FERPLUS_VOTES}
+                votes.append({name: int(row[name]) for name in FERPLUS_VOTES})
             except (TypeError, ValueError):
                 problems.report(f"{path}:{reader.line_num}", "votes must be whole numbers")
                 votes.append(None)
-                continue
-            votes.append(count if (row.get("Image name") or "").strip() else {})
     return votes
 
 

@@ -2,14 +2,17 @@
 
 File names become `<source>__<name>`, so the source survives without the manifest. A
 class map renames or drops classes, e.g. the original DAN repository's six classes:
-`--class-map neutral=-,contempt=-`.
+`--class-map neutral=-,contempt=-`. A dataset's votes.csv comes along, its rows under the
+merged names, its columns renamed (or dropped) by the class map like the folders.
 """
 import json
 from pathlib import Path
+from typing import Optional
 
 from data.classes import normalize_class_name
 from data.prepare.common import (SOURCE_SEPARATOR, SPLITS, Problems, Sample, image_files, read_manifest,
                                  source_name, sub_folders)
+from data.votes import VOTES, read_votes
 from utils.errors import UserError
 
 
@@ -58,17 +61,32 @@ def _read_prepared(root: Path, class_map: dict, problems: Problems) -> list[Samp
         raise UserError(f"{root} is not a prepared dataset (no train/, val/ or test/): "
                         "prepare it first with python3 -m data.prepare")
     manifest = read_manifest(root)
+    votes = read_votes(root / VOTES) if (root / VOTES).is_file() else {}
     fallback_source = source_name(root.resolve().name)
     samples = []
     for split_dir in split_dirs:
         for class_dir in sub_folders(split_dir):
             for path in image_files(class_dir):
-                row = manifest.get(path.relative_to(root).as_posix(), {})
-                sample = _merged_sample(path, split_dir.name, class_dir.name, row, fallback_source, class_map,
-                                        problems)
+                relpath = path.relative_to(root).as_posix()
+                sample = _merged_sample(path, split_dir.name, class_dir.name, manifest.get(relpath, {}),
+                                        fallback_source, class_map, problems)
                 if sample is not None:
+                    sample.votes = _mapped_votes(votes.get(relpath), class_map)
                     samples.append(sample)
     return samples
+
+
+def _mapped_votes(counts: Optional[dict], class_map: dict) -> Optional[dict]:
+    """Vote counts with the class map applied to their columns: a renamed class's votes join
+    its new class, a dropped class's votes go."""
+    if counts is None:
+        return None
+    mapped = {}
+    for name, n in counts.items():
+        new = class_map.get(name, name)
+        if new is not None:
+            mapped[new] = mapped.get(new, 0) + n
+    return mapped
 
 
 def _merged_sample(path: Path, split: str, folder_class: str, row: dict, fallback_source: str,
