@@ -14,13 +14,14 @@ import torch
 from data.datasets import FaceFolder, find_datasets
 from data.loading import Batches, ShardedSampler, TensorCache
 from data.transforms import Normalize
-from utils.checkpoint import load_model
+from utils.checkpoint import load_model, update_meta
 from utils.distributed import DistInfo
 from utils.engine import Precision, evaluate
 from utils.errors import ArgumentParser, UserError, number, run_cli
-from utils.metrics import format_table, full_report
+from utils.metrics import (apply_temperature, calibration_bins, calibration_report, expected_calibration_error,
+                           fit_temperature, format_table, full_report, mean_kl, multi_target_accuracy)
 from utils.misc import cpu_count, keep_freed_memory, resolve_device, setup_logging
-from utils.plots import plot_confusion, plot_tsne
+from utils.plots import plot_confusion, plot_reliability, plot_tsne
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_MODEL = ROOT / "Data" / "dan_fer2013.safetensors"
@@ -39,7 +40,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="also write the metrics JSON here")
     p.add_argument("--skip-unknown-classes", action="store_true",
                    help="leave out class folders the model does not know (e.g. CK+'s contempt for a FER2013 model)")
+    p.add_argument("--exclude-classes", nargs="+", default=[], metavar="CLASS",
+                   help="leave these class folders out of the data while the model keeps every class (e.g. "
+                        "contempt, to score CK+ on the 6 basic classes: a contempt or neutral answer counts wrong)")
     p.add_argument("--tta", action="store_true", help="average the prediction with its horizontal flip")
+    p.add_argument("--calibrate", action="store_true",
+                   help="fit the temperature on this split (val only) and store it in the checkpoint's "
+                        "metadata if it lowers the calibration error")
     p.add_argument("--batch-size", type=number(int, 1), default=128)
     p.add_argument("--device", default="auto")
     p.add_argument("--workers", type=number(int, -1), default=-1)
@@ -57,6 +64,41 @@ class FlipTTA(torch.nn.Module):
     def forward(self, x):
         a, b = self.model(x), self.model(x.flip(-1))
         return a._replace(logits=(a.logits + b.logits) / 2, features=(a.features + b.features) / 2)
+
+
+def exclude_classes(dataset: FaceFolder, names) -> None:
+    """Drop the images of the named classes from `dataset` (the model keeps predicting them)."""
+    unknown = sorted(set(names) - set(dataset.classes))
+    if unknown:
+        raise UserError(f"--exclude-classes {' '.join(unknown)}: not classes of the model ({', '.join(dataset.classes)})")
+    drop = {dataset.classes.index(name) for name in names}
+    dataset.samples = [s for s in dataset.samples if s.label not in drop]
+    if not dataset.samples:
+        raise UserError("--exclude-classes leaves no image to evaluate")
+
+
+def calibrate(checkpoint: Path, meta: dict, result: dict, split: str) -> dict:
+    """Fit the temperature on `split` (val only); store it in the checkpoint if it lowers the ECE.
+
+    Returns:
+        The metadata to evaluate with (with the new temperature, or as it was).
+    """
+    if split != "val":
+        raise UserError(f"--calibrate fits on val only (this run evaluates {split}): a temperature fitted on "
+                        "the test split would make its figures optimistic")
+    before = expected_calibration_error(result["probs"], result["labels"])
+    temperature = fit_temperature(result["probs"], result["labels"])
+    after = expected_calibration_error(apply_temperature(result["probs"], temperature), result["labels"])
+    print(f"temperature fitted on {split}: T = {temperature:.4f}; ECE {100 * before:.2f}% at T = 1 -> "
+          f"{100 * after:.2f}% at T = {temperature:.4f}")
+    if after >= before:
+        print("the temperature does not lower the calibration error: the checkpoint is left as it was")
+        return {**meta, "temperature": 1.0}
+    meta = {**meta, "temperature": round(temperature, 4), "calibration": {
+        "fitted_on": split, "ece_before": round(before, 5), "ece_after": round(after, 5)}}
+    update_meta(checkpoint, meta)
+    print(f"stored temperature {temperature:.4f} in {checkpoint}'s metadata (predict.py applies it)")
+    return meta
 
 
 def resolve_split(roots, split: str) -> str:
@@ -79,6 +121,13 @@ def print_report(report: dict, split: str) -> None:
             for name, m in report["per_class"].items()]
     print()
     print(format_table(rows, ["class", "precision %", "recall %", "F1 %", "images"]))
+    cal = report["calibration"]
+    line = f"\ncalibration (T = {cal['temperature']:g}): ECE {100 * cal['ece']:.2f}% (15 bins), NLL {cal['nll']:.4f}"
+    if "vote_kl" in cal:
+        line += (f"; against the annotators' votes ({cal['images_with_votes']} images): mean KL "
+                 f"{cal['vote_kl']:.4f} nats, multi-target accuracy (an emotion with >= 30% of the votes) "
+                 f"{100 * cal['multi_target_accuracy']:.2f}%")
+    print(line)
 
 
 def main(args) -> dict:
@@ -100,6 +149,7 @@ def main(args) -> dict:
     split = resolve_split(roots, args.split)
     dataset = FaceFolder(roots, split, meta["img_size"], classes=meta["classes"],
                          skip_unknown=args.skip_unknown_classes)
+    exclude_classes(dataset, args.exclude_classes)
     missing = sorted(set(meta["classes"]) - {dataset.classes[i] for i in np.unique(dataset.labels)})
     if missing:
         log.info("the data has no images of %s: scored on its %d classes", missing,
@@ -113,7 +163,19 @@ def main(args) -> dict:
                       desc=split, keep_features=not args.no_tsne)
     report = full_report(result["labels"], result["preds"], result["sources"], meta["classes"], dataset.sources)
     report.update({"checkpoint": str(checkpoint), "split": split, "tta": args.tta,
-                   "data": [str(r) for r in roots]})
+                   "data": [str(r) for r in roots], "excluded_classes": args.exclude_classes})
+    if args.calibrate:
+        meta = calibrate(checkpoint, meta, result, split)
+    probs = apply_temperature(result["probs"], meta.get("temperature", 1.0))
+    report["calibration"] = calibration_report(probs, result["labels"])
+    targets, from_votes = dataset.vote_targets(min_votes=1)  # the annotators as they voted
+    if targets is not None and from_votes.any():
+        voted = from_votes[result["indices"]]
+        report["calibration"].update(
+            vote_kl=mean_kl(targets[result["indices"]][voted], probs[voted]),
+            multi_target_accuracy=multi_target_accuracy(result["preds"][voted], targets[result["indices"]][voted]),
+            images_with_votes=int(voted.sum()))
+    report["calibration"]["temperature"] = meta.get("temperature", 1.0)
     print_report(report, split)
 
     out = Path(args.output) if args.output else checkpoint.parent / f"test-{split}"
@@ -124,6 +186,8 @@ def main(args) -> dict:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     plot_confusion(np.array(report["confusion_matrix"]), meta["classes"], out / "confusion_matrix.png",
                    title=f"{split}:")
+    plot_reliability(calibration_bins(probs, result["labels"]), out / "reliability.png", title=f"{split}:",
+                     ece=report["calibration"]["ece"])
     if not args.no_tsne:
         plot_tsne(result["features"], result["labels"], meta["classes"], out / "tsne.png")
     with open(out / "predictions.csv", "w", newline="") as f:
@@ -131,11 +195,11 @@ def main(args) -> dict:
         writer.writerow(["path", "source", "label", "prediction", "confidence"] + list(meta["classes"]))
         for i, idx in enumerate(result["indices"]):
             sample = dataset.samples[idx]
-            probs = result["probs"][i]
             writer.writerow([sample.path, dataset.sources[sample.source], meta["classes"][sample.label],
-                             meta["classes"][result["preds"][i]], f"{probs.max():.4f}"]
-                            + [f"{p:.4f}" for p in probs])
-    print(f"\nwrote {out}/metrics.json, confusion_matrix.png, {'' if args.no_tsne else 'tsne.png, '}predictions.csv")
+                             meta["classes"][result["preds"][i]], f"{probs[i].max():.4f}"]
+                            + [f"{p:.4f}" for p in probs[i]])
+    print(f"\nwrote {out}/metrics.json, confusion_matrix.png, reliability.png, "
+          f"{'' if args.no_tsne else 'tsne.png, '}predictions.csv")
     return report
 
 

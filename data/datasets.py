@@ -9,7 +9,7 @@ import csv
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -135,27 +135,36 @@ class FaceFolder(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def vote_files(self, extra: Optional[Path] = None) -> List[Path]:
-        """The votes CSVs that apply: each root's `votes.csv`, and `extra` (--soft-labels)."""
-        files = [root / VOTES for root in self.roots if (root / VOTES).is_file()]
-        return files + ([Path(extra)] if extra else [])
-
-    def soft_targets(self, extra: Optional[Path] = None, min_votes: int = 2) -> Optional[np.ndarray]:
-        """(N, C) label distributions from the annotators' votes (see data.votes), one-hot for
-        images without votes; None when no votes file applies."""
-        files = self.vote_files(extra)
-        if not files:
-            return None
-        votes = {}
-        for path in files:
-            votes.update(read_votes(path))
-        keys = [Path(s.path).relative_to(self.roots[s.root]).as_posix() for s in self.samples]
-        targets = soft_targets(keys, self.labels, self.classes, votes, min_votes)
-        agreement = majority_agreement(targets, self.labels)
+    def vote_targets(self, extra: Optional[Path] = None,
+                     min_votes: int = 2) -> Tuple[Optional[np.ndarray], Optional[np.ndarray]]:
+        """((N, C) label distributions from the annotators' votes (see data.votes), one-hot for
+        images without votes; (N,) whether each came from votes), or (None, None) when no votes
+        file applies. Each root's own `votes.csv` applies to that root; `extra` (--soft-labels)
+        to every root, its paths taken relative to each."""
+        own = {r: root / VOTES for r, root in enumerate(self.roots) if (root / VOTES).is_file()}
+        if not own and not extra:
+            return None, None
+        shared = read_votes(extra) if extra else {}
+        per_root = {r: {**shared, **read_votes(path)} for r, path in own.items()}
+        votes, keys = {}, []
+        for s in self.samples:
+            key = (s.root, Path(s.path).relative_to(self.roots[s.root]).as_posix())
+            found = per_root.get(s.root, shared).get(key[1])
+            if found is not None:
+                votes[key] = found
+            keys.append(key)
+        targets, from_votes = soft_targets(keys, self.labels, self.classes, votes, min_votes)
+        log.info("%s: label distributions from votes for %d of %d images (one-hot for the rest)",
+                 self.split, from_votes.sum(), len(keys))
+        agreement = majority_agreement(targets[from_votes], self.labels[from_votes])
         if agreement < 0.9:
             log.warning("the votes' top class matches the folder label for only %.1f%% of the %s images: "
                         "are the votes for these images?", 100 * agreement, self.split)
-        return targets
+        return targets, from_votes
+
+    def soft_targets(self, extra: Optional[Path] = None, min_votes: int = 2) -> Optional[np.ndarray]:
+        """The training targets of `vote_targets`, or None without votes."""
+        return self.vote_targets(extra, min_votes)[0]
 
     def load(self, i: int) -> torch.Tensor:
         """Decode sample i as a uint8 (3, S, S) tensor."""

@@ -7,7 +7,7 @@ plus optional `unknown` and `not_face` columns, as `python3 -m data.prepare ferp
 import csv
 import logging
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -60,26 +60,28 @@ def vote_distribution(counts: Dict[str, int], classes: Sequence[str], min_votes:
 
 
 def soft_targets(paths: Sequence[str], labels: Sequence[int], classes: Sequence[str],
-                 votes: Dict[str, Dict[str, int]], min_votes: int = 2) -> np.ndarray:
-    """(N, C) float32 targets: each image's vote distribution where `votes` has one, else its
-    one-hot label (images of datasets without votes, or whose votes are all outliers).
+                 votes: Dict[str, Dict[str, int]], min_votes: int = 2) -> Tuple[np.ndarray, np.ndarray]:
+    """Each image's vote distribution where `votes` has one, else its one-hot label (images of
+    datasets without votes, or whose votes are all outliers).
 
     Args:
         paths: the images' keys into `votes` (relative paths).
         labels: class index of each image.
         votes: as `read_votes` returns.
+
+    Returns:
+        (targets (N, C) float32, whether each row came from votes (N,) bool).
     """
     targets = np.zeros((len(paths), len(classes)), dtype=np.float32)
-    found = 0
+    from_votes = np.zeros(len(paths), dtype=bool)
     for i, (key, label) in enumerate(zip(paths, labels)):
         dist = vote_distribution(votes[key], classes, min_votes) if key in votes else None
         if dist is None:
             targets[i, label] = 1.0
         else:
             targets[i] = dist
-            found += 1
-    log.info("label distributions from votes for %d of %d images (one-hot for the rest)", found, len(paths))
-    return targets
+            from_votes[i] = True
+    return targets, from_votes
 
 
 def majority_agreement(targets: np.ndarray, labels: np.ndarray) -> float:

@@ -190,6 +190,22 @@ def save_safetensors(state_dict: Dict[str, torch.Tensor], meta: Dict[str, Any], 
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"fer": json.dumps(meta)}))
 
 
+def update_meta(path, meta: Dict[str, Any]) -> None:
+    """Rewrite a model file's metadata (atomically), its weights unchanged."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+        from safetensors.torch import save_file
+
+        with safe_open(str(path), framework="pt") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"fer": json.dumps(meta)}))
+    else:
+        ckpt = load_checkpoint(path)
+        ckpt["meta"] = meta
+        save_checkpoint(ckpt, path)
+
+
 def read_weights(path) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
     """(state_dict in fp32, metadata) from a .safetensors model or a .pth checkpoint."""
     path = Path(path)

@@ -77,3 +77,24 @@ def plot_tsne(features: np.ndarray, labels: np.ndarray, classes: Sequence[str], 
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_reliability(bins: Dict[str, np.ndarray], path: Path, title: str = "", ece: float = None) -> None:
+    """Reliability diagram: accuracy against confidence per bin (the diagonal is perfect calibration),
+    with how many predictions fall in each bin below."""
+    edges, count = bins["edges"], bins["count"]
+    centers, width = (edges[:-1] + edges[1:]) / 2, edges[1] - edges[0]
+    fig, (ax, ax_n) = plt.subplots(2, 1, figsize=(5, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    used = count > 0
+    ax.bar(centers[used], bins["accuracy"][used], width=width * 0.95, color="tab:blue", label="accuracy")
+    ax.bar(centers[used], bins["confidence"][used] - bins["accuracy"][used], bottom=bins["accuracy"][used],
+           width=width * 0.95, color="tab:red", alpha=0.35, label="gap to confidence")
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+    ax.set(ylabel="accuracy", xlim=(0, 1), ylim=(0, 1),
+           title=f"{title} ECE {100 * ece:.2f}%" if ece is not None else title)
+    ax.legend(loc="upper left", fontsize=8)
+    ax_n.bar(centers, count, width=width * 0.95, color="grey")
+    ax_n.set(xlabel="confidence (top probability)", ylabel="images")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
