@@ -42,6 +42,8 @@ def decode_image(source: Union[str, Path, bytes], max_pixels: int = MAX_PIXELS,
         image.load()
     except UserError:
         raise
+    except Image.DecompressionBombError:  # PIL's own limit, past twice Image.MAX_IMAGE_PIXELS
+        raise ImageTooLarge(f"{name}: its size is over the limit of {max_pixels:,} pixels; resize it first") from None
     except FileNotFoundError:
         raise UserError(f"{name}: no such file") from None
     except Exception as err:

@@ -22,6 +22,7 @@ import pickle
 import pickletools
 import signal
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Tuple
@@ -116,7 +117,9 @@ def load_checkpoint(path) -> Dict[str, Any]:
         raise UserError(f"{path} is an ONNX export, which only predict.py runs; give the .pth or .safetensors "
                         "it was exported from")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # refused files are explained below, in one line
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise UserError(f"{path} cannot be loaded as a checkpoint: {why_unloadable(path, err)}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:

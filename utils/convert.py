@@ -25,8 +25,8 @@ from data.classes import normalize_class_name
 from data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from networks import build_model, short_keys
 from networks.dan import TRUNK_LAYERS
-from utils.checkpoint import FORMAT, save_checkpoint, save_safetensors
-from utils.errors import UserError, first_line, run_cli
+from utils.checkpoint import FORMAT, save_checkpoint, save_safetensors, why_unloadable
+from utils.errors import UserError, run_cli
 from utils.export_onnx import file_digest
 from utils.misc import setup_logging
 
@@ -100,7 +100,7 @@ def read_state_dict(path: Path) -> Dict[str, torch.Tensor]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise UserError(f"{path} was refused: torch.load(weights_only=True), which loads tensors and plain "
-                        f"containers and never runs code from the file, cannot read it ({_why_unsafe(path, err)}). "
+                        f"containers and never runs code from the file, cannot read it ({why_unloadable(path, err)}). "
                         "Ask its publisher for a plain state dict, or re-save its tensors yourself only if you "
                         "trust it") from None
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
@@ -114,20 +114,6 @@ def read_state_dict(path: Path) -> Dict[str, torch.Tensor]:
         raise UserError(f"{path} does not hold a state dict of tensors (neither a bare one nor one under "
                         "'model_state_dict' or 'state_dict')")
     return {k.removeprefix("module."): v for k, v in obj.items()}
-
-
-def _why_unsafe(path: Path, err: Exception) -> str:
-    """What the file asks the unpickler for (read from the pickle, never run), else torch's reason."""
-    with open(path, "rb") as f:
-        if f.read(512).lstrip().lower().startswith((b"<!doctype html", b"<html")):
-            return "it is a web page, not weights: a download link served its page instead of the file"
-    try:
-        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    except Exception:
-        names = []
-    if names:
-        return f"it asks for {', '.join(names)}"
-    return first_line(err)
 
 
 def count_heads(state: Dict[str, torch.Tensor], path: Path) -> int:
@@ -265,9 +251,30 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
                  if FORMATS[args.format].backbone_only else "")
     log.info("wrote %s: DAN with %d heads, classes in output order %s, %dx%d input, ImageNet normalisation%s",
              args.dst, meta["model_args"]["num_heads"], ", ".join(meta["classes"]), IMG_SIZE, IMG_SIZE, untrained)
+    release = FORMATS[args.format]
+    if not release.backbone_only:
+        # The file holds no class names: the order is what --format says, and a wrong --format goes unnoticed.
+        other = _named_format(Path(args.src).name)
+        if other and other != args.format:
+            log.warning("%s is named like a %s file, but --format %s was given: if it is one, its labels are now "
+                        "in the wrong order; convert it again with --format %s", args.src, other, args.format, other)
+        expected = f"near its reported {release.reported}" if release.reported else "well above chance"
+        log.info("label order assumed from --format %s (%s), not read from the file; check it on that release's "
+                 "test faces: python3 test.py --checkpoint %s --data DIR should score %s (a wrong order scores "
+                 "near chance)", args.format, release.origin, args.dst, expected)
     log.info("next: python3 predict.py --checkpoint %s --params PHOTO, or python3 test.py --checkpoint %s "
              "--data DIR", args.dst, args.dst)
     return meta
+
+
+def _named_format(name: str) -> Optional[str]:
+    """The format whose published file name `name` resembles (by its dataset's name), or None."""
+    name = name.lower().replace("-", "").replace("_", "")
+    for fmt, words in (("dan-rafdb", ("rafdb",)), ("dan-affectnet7", ("affecnet7", "affectnet7")),
+                       ("dan-affectnet8", ("affecnet8", "affectnet8"))):
+        if any(word in name for word in words):
+            return fmt
+    return None
 
 
 if __name__ == "__main__":

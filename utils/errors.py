@@ -71,7 +71,6 @@ def number(kind: Callable = float, low: Optional[float] = None, high: Optional[f
         if below or above:
             raise argparse.ArgumentTypeError(f"{text} is out of range: {_range(low, high, low_open, high_open)}")
         return value
-    parse.__name__ = kind.__name__  # argparse names the type in some of its own messages
     return parse
 
 

@@ -15,7 +15,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from data.classes import normalize_class_name
-from data.prepare.common import Problems, Sample, require_columns
+from data.prepare.common import Problems, Sample, log, require_columns
 from utils.errors import UserError
 
 LABELS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
@@ -60,6 +60,10 @@ def read_csv(path: Path, problems: Problems) -> list:
         if not {"emotion", "pixels"} <= set(header):
             raise UserError(f"{path} needs the columns emotion and pixels (and Usage); it has {header}")
         column = {name: i for i, name in enumerate(header)}
+        if "Usage" not in column:
+            log.warning("%s has no Usage column: every row is taken as Training, so FER2013's own PublicTest and "
+                        "PrivateTest splits are lost (val/ is drawn at random by --val-fraction, and there is no "
+                        "test/); use the fer2013.csv that has the Usage column to keep them", path)
         for index, row in enumerate(tqdm(reader, desc=path.name, unit="row", disable=None)):
             samples.append(_parse_row(row, column, index, f"{path}:{reader.line_num}", problems))
     return samples
