@@ -35,6 +35,19 @@ def tiny_data(tmp_path):
     return make_image_folder(tmp_path / "tiny", ["angry", "happy", "sad"], splits=("train", "val", "test"))
 
 
+def tiny_model(path: Path) -> Path:
+    """A random ResNet-18 for 32 px faces of three classes as a .safetensors model: for tests of
+    scripts that need some model but not a good one."""
+    from networks import build_model
+    from utils.checkpoint import save_safetensors
+
+    torch.manual_seed(0)
+    meta = {"model": "resnet18", "model_args": {"num_classes": 3}, "classes": ["angry", "happy", "sad"],
+            "img_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3}
+    save_safetensors(build_model("resnet18", num_classes=3).state_dict(), meta, path)
+    return path
+
+
 def shared_or_skip(*parts) -> Path:
     path = SHARED_DATA.joinpath(*parts)
     if not path.exists():

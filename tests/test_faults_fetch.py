@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 import predict
+from conftest import tiny_model
 from utils.errors import UserError, run_cli
 from utils.fetch import FetchLimits, fetch, fetch_image
 
@@ -146,14 +147,14 @@ def test_unreachable_port_is_one_line():
     assert "\n" not in str(err.value)
 
 
-def test_predict_cli_stops_a_dripping_server(server, capsys):
+def test_predict_cli_stops_a_dripping_server(server, tmp_path, capsys):
     """predict.py --download-timeout bounds the download; the input fails, exit code 1."""
     args = predict.get_args_parser().parse_args(
         ["--params", server + "/drip.jpg", "--timeout", "3", "--download-timeout", "1", "--backend", "torch",
-         "--detector", "none", "--threads", "1"])
+         "--detector", "none", "--threads", "1", "--checkpoint", str(tiny_model(tmp_path / "model.safetensors"))])
     start = time.monotonic()
     with pytest.raises(SystemExit) as stop:
         raise SystemExit(run_cli(predict.main, args))
     err = capsys.readouterr().err
-    assert stop.value.code == 1 and time.monotonic() - start < 1.0 + 5  # model loading included
+    assert stop.value.code == 1 and time.monotonic() - start < 1.0 + 3  # model loading included
     assert err.strip().splitlines() == [f"error: {server}/drip.jpg: the download took over 1 s and was stopped"]

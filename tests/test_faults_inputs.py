@@ -21,7 +21,7 @@ from PIL import Image
 import predict
 import test as evaluate_script
 import train
-from conftest import ROOT, make_image_folder
+from conftest import ROOT, make_image_folder, tiny_model
 from data.datasets import FaceFolder
 from data.prepare import cli as prepare_cli
 from utils import convert
@@ -149,16 +149,7 @@ def test_resume_from_a_damaged_checkpoint(checkpoints, tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    """A random ResNet-18 at 32 px: predict.py needs some model."""
-    from networks import build_model
-    from utils.checkpoint import save_safetensors
-
-    path = tmp_path_factory.mktemp("model") / "resnet18.safetensors"
-    torch.manual_seed(0)
-    meta = {"model": "resnet18", "model_args": {"num_classes": 3}, "classes": ["angry", "happy", "sad"],
-            "img_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3}
-    save_safetensors(build_model("resnet18", num_classes=3).state_dict(), meta, path)
-    return path
+    return tiny_model(tmp_path_factory.mktemp("model") / "resnet18.safetensors")
 
 
 def _png_claiming(width: int, height: int) -> bytes:
