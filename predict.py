@@ -34,8 +34,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="face detector: auto is mtcnn when installed, else haar; none classifies each whole "
                         "image as one face")
     p.add_argument("--no-detect", action="store_true", help="same as --detector none")
-    p.add_argument("--margin", type=number(float, 0), default=0.2, help="space added around each face box, per side, "
-                                                             "as a fraction of the box")
+    p.add_argument("--margin", type=number(float, 0), default=0.2,
+                   help="space added around each face box, per side, as a fraction of the box")
     p.add_argument("--no-align", action="store_true", help="do not rotate faces upright by the eyes")
     p.add_argument("--grayscale", action=argparse.BooleanOptionalAction, default=None,
                    help="grey face crops (default: as the checkpoint's metadata says, else grey)")
