@@ -189,6 +189,8 @@ def test_kills_at_every_write_then_resume_match_an_uninterrupted_run(spawn, data
         check_after_kill(out, point)
         if point == "write:last.pth":
             assert list(out.glob(".last.pth.*.tmp")), "the kill should leave the temp file"
+    with open(out / "log.jsonl", "a") as f:  # as a kill inside the log's append would leave it
+        f.write('{"epoch": 3, "train_lo')
     assert continue_run(spawn, data, out) == 0, (out.parent / "log.txt").read_text()[-2000:]
     check_consistent(out, EPOCHS)
     check_same_as(out, reference[0])
