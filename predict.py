@@ -37,6 +37,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--margin", type=number(float, 0), default=0.2,
                    help="space added around each face box, per side, as a fraction of the box")
     p.add_argument("--no-align", action="store_true", help="do not rotate faces upright by the eyes")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=False,
+                   help="average each face's prediction with its mirror image's (twice the model's work)")
     p.add_argument("--grayscale", action=argparse.BooleanOptionalAction, default=None,
                    help="grey face crops (default: as the checkpoint's metadata says, else grey)")
     p.add_argument("--json", action="store_true", help="one JSON object per input (per frame) on stdout")
@@ -97,7 +99,8 @@ def main(args) -> int:
     recognizer = EmotionRecognizer(
         args.checkpoint, device=args.device, backend=args.backend,
         detector="none" if args.no_detect else args.detector, margin=args.margin, align=not args.no_align,
-        grayscale=args.grayscale, threads=args.threads, cache_dir=args.cache_dir, max_pixels=args.max_pixels)
+        grayscale=args.grayscale, threads=args.threads, cache_dir=args.cache_dir, max_pixels=args.max_pixels,
+        tta=args.tta)
     if args.attention and not recognizer.has_attention:
         raise UserError(f"--attention needs a DAN checkpoint; {recognizer.checkpoint} is {recognizer.meta['model']}")
     limits = FetchLimits(connect_timeout=args.timeout, read_timeout=args.timeout,

@@ -59,7 +59,7 @@ def export_onnx(checkpoint, out, transform: Callable = prepare_for_export, opset
     size = int(meta["img_size"])
     proto = model_proto(model, size, opset)
     stored = {k: meta[k] for k in ("model", "model_args", "classes", "img_size", "mean", "std")}
-    for key in ("grayscale", "converted_from", "epoch", "val_accuracy"):
+    for key in ("grayscale", "converted_from", "epoch", "val_accuracy", "temperature"):
         if key in meta:
             stored[key] = meta[key]
     stored["source_sha256"] = file_digest(checkpoint)

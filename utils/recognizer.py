@@ -153,11 +153,14 @@ class EmotionRecognizer:
         cache_dir: where ONNX exports are cached (default $FER_CACHE_DIR or ~/.cache/fer).
         max_pixels: decoding refuses larger images.
         detector_options: passed to the detector's constructor.
+        tta: average each face's logits with those of its mirror image (one batch of 2B faces;
+            the attention maps stay the unmirrored face's).
     """
 
     def __init__(self, checkpoint=None, device: str = "cpu", backend: str = "auto", detector: str = "auto",
                  margin: float = 0.2, align: bool = True, grayscale: Optional[bool] = None, threads: int = 2,
-                 cache_dir=None, max_pixels: int = MAX_PIXELS, detector_options: Optional[Dict] = None):
+                 cache_dir=None, max_pixels: int = MAX_PIXELS, detector_options: Optional[Dict] = None,
+                 tta: bool = False):
         if backend not in BACKENDS:
             raise UserError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         if device != "cpu" and not device.startswith("cuda"):
@@ -183,8 +186,10 @@ class EmotionRecognizer:
         self.img_size = int(self.meta["img_size"])
         self.mean, self.std = self.meta["mean"], self.meta["std"]
         self.grayscale = wants_grayscale(self.meta) if grayscale is None else grayscale
+        # Fitted on val by `test.py --calibrate`: probabilities that mean what they say (docs/training.md).
+        self.temperature = float(self.meta.get("temperature", 1.0))
         self.detector = build_detector(detector, **(detector_options or {}))
-        self.margin, self.align, self.max_pixels = margin, align, max_pixels
+        self.margin, self.align, self.max_pixels, self.tta = margin, align, max_pixels, tta
 
     @property
     def has_attention(self) -> bool:
@@ -210,8 +215,14 @@ class EmotionRecognizer:
         """uint8 (B, S, S, 3) faces at the model's size -> (probabilities (B, C), attention (B, N, h, w) or None)."""
         if len(faces) == 0:
             return np.zeros((0, len(self.classes))), None
-        out = self.runner(normalize(faces, self.mean, self.std))
-        return softmax(out["logits"]), out.get("attention")
+        batch = np.concatenate([faces, faces[:, :, ::-1]]) if self.tta else faces
+        out = self.runner(normalize(batch, self.mean, self.std))
+        logits, attention = out["logits"], out.get("attention")
+        if self.tta:
+            n = len(faces)
+            logits = (logits[:n] + logits[n:]) / 2
+            attention = None if attention is None else attention[:n]
+        return softmax(logits / self.temperature), attention
 
     def predict(self, image: ImageLike) -> List[Face]:
         """Every face in `image` with its box and class probabilities; [] when none is found."""
