@@ -13,12 +13,11 @@ import logging
 import sys
 import time
 
-from data.images import MAX_PIXELS
 from utils.errors import ArgumentParser, UserError, number, run_cli
 from utils.faces import DETECTORS
-from utils.fetch import FetchLimits
+from utils.fetch import add_limit_args, limits_from_args
 from utils.recognizer import BACKENDS, DEFAULT_CHECKPOINT, ROOT, EmotionRecognizer
-from utils.sources import Input, iter_inputs
+from utils.sources import Input, iter_inputs, record
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -53,23 +52,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--frame-stride", type=number(int, 1), default=1,
                    help="videos and webcams: classify every N-th frame")
     p.add_argument("--max-frames", type=number(int, 1), default=None, help="videos and webcams: stop after this many")
-    p.add_argument("--timeout", type=number(float, 0, low_open=True), default=15.0,
-                   help="seconds to wait for a server (to connect, and for each piece of a download)")
-    p.add_argument("--download-timeout", type=number(float, 0, low_open=True), default=60.0,
-                   help="seconds for a whole download, however slowly the server sends")
-    p.add_argument("--max-download-mb", type=number(float, 0, low_open=True), default=20.0,
-                   help="largest image accepted from a URL")
-    p.add_argument("--max-pixels", type=number(int, 1), default=MAX_PIXELS, help="larger images are refused")
+    add_limit_args(p)
     return p
-
-
-def record(item: Input, faces, ms: float) -> dict:
-    """The JSON line for one input (schema in docs/predict.md)."""
-    out = {"input": item.name, "frame": item.frame, "faces": [f.to_dict() for f in faces],
-           "error": item.error, "ms": round(ms, 2)}
-    if item.image is not None:
-        out["size"] = [int(item.image.shape[1]), int(item.image.shape[0])]
-    return out
 
 
 def format_table(item: Input, faces, classes, ms: float) -> str:
@@ -103,8 +87,7 @@ def main(args) -> int:
         tta=args.tta)
     if args.attention and not recognizer.has_attention:
         raise UserError(f"--attention needs a DAN checkpoint; {recognizer.checkpoint} is {recognizer.meta['model']}")
-    limits = FetchLimits(connect_timeout=args.timeout, read_timeout=args.timeout,
-                         total_timeout=args.download_timeout, max_bytes=int(args.max_download_mb * 1024 * 1024))
+    limits = limits_from_args(args)
     failed = 0
     for item in iter_inputs(args.params, limits, args.max_pixels, args.frame_stride, args.max_frames):
         faces, ms = [], item.ms

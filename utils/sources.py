@@ -39,6 +39,16 @@ class Input:
     ms: float = 0.0
 
 
+def record(item: Input, faces, ms: float) -> dict:
+    """The JSON object for one input (schema in docs/predict.md): a line of `predict.py --json`,
+    and serve.py's answer to POST /predict."""
+    out = {"input": item.name, "frame": item.frame, "faces": [f.to_dict() for f in faces],
+           "error": item.error, "ms": round(ms, 2)}
+    if item.image is not None:
+        out["size"] = [int(item.image.shape[1]), int(item.image.shape[0])]
+    return out
+
+
 def is_video_file(path) -> bool:
     return str(path).lower().endswith(VIDEO_EXTENSIONS)
 
