@@ -1,5 +1,13 @@
-"""Shared fixtures: tiny ImageFolder datasets built in tmp_path, and the real data when present."""
+"""Shared fixtures: tiny ImageFolder datasets built in tmp_path, the real data when present, and
+serve.py's model and process."""
+import contextlib
+import http.server
 import os
+import re
+import select
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +54,55 @@ def tiny_model(path: Path) -> Path:
             "img_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3}
     save_safetensors(build_model("resnet18", num_classes=3).state_dict(), meta, path)
     return path
+
+
+@contextlib.contextmanager
+def local_http_server(handler):
+    """A threaded http.server with `handler` on 127.0.0.1 (a free port); yields its base URL."""
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    httpd.daemon_threads = True
+    httpd.block_on_close = False
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+@pytest.fixture(scope="session")
+def served_model(tmp_path_factory):
+    """(tiny_model's file, an ONNX cache folder holding its export): made once for the server's tests."""
+    from utils.export_onnx import cached_onnx
+
+    folder = tmp_path_factory.mktemp("served")
+    checkpoint = tiny_model(folder / "tiny.safetensors")
+    cached_onnx(checkpoint, folder / "cache")
+    return checkpoint, folder / "cache"
+
+
+@contextlib.contextmanager
+def serve_process(*args, log: Path, timeout: float = 60.0):
+    """`python3 serve.py --port 0 ARGS` in its own process; yields (its URL, the process) once it
+    listens, and stops it afterwards. Its stderr goes to `log`."""
+    with open(log, "w") as err:
+        proc = subprocess.Popen([sys.executable, "serve.py", "--port", "0", *args], cwd=ROOT, text=True,
+                                stdout=subprocess.PIPE, stderr=err)
+    try:
+        ready, _, _ = select.select([proc.stdout], [], [], timeout)
+        line = proc.stdout.readline() if ready else ""
+        found = re.search(r" at (http://\S+/)$", line.strip())
+        if not found:
+            proc.kill()
+            raise RuntimeError(f"serve.py did not start: {line!r} {log.read_text()[-2000:]}")
+        yield found.group(1), proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def shared_or_skip(*parts) -> Path:

@@ -6,7 +6,6 @@ loop or sends a gzip bomb; nothing here touches the network.
 import http.server
 import io
 import socket
-import threading
 import time
 import zlib
 
@@ -14,7 +13,7 @@ import pytest
 from PIL import Image
 
 import predict
-from conftest import tiny_model
+from conftest import local_http_server, tiny_model
 from utils.errors import UserError, run_cli
 from utils.fetch import FetchLimits, fetch, fetch_image
 
@@ -101,13 +100,8 @@ class _Hostile(http.server.BaseHTTPRequestHandler):
 def server():
     _Hostile.image = _jpeg()
     _Hostile.bomb = _gzip_bomb(64)
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hostile)
-    httpd.daemon_threads = True
-    httpd.block_on_close = False
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+    with local_http_server(_Hostile) as url:
+        yield url
 
 
 @pytest.mark.parametrize("path, message, limit", [

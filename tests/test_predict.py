@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import pytest
 from PIL import Image
 
 import predict
+from conftest import local_http_server
 from utils.errors import UserError
 from utils.faces import Detection, HaarDetector, crop_face, crop_matrix, resize_faces
 from utils.fetch import FetchLimits, fetch, fetch_image
@@ -396,14 +396,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 @pytest.fixture(scope="module")
 def server(photos):
     _Handler.image = (photos / "one.jpg").read_bytes()
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    httpd.daemon_threads = True
-    httpd.block_on_close = False
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+    with local_http_server(_Handler) as url:
+        yield url
 
 
 LIMITS = FetchLimits(connect_timeout=2, read_timeout=0.5, max_bytes=1024 * 1024, max_redirects=3)

@@ -1,0 +1,85 @@
+"""An HTTP API and a web page for expression recognition, on the same code as predict.py.
+
+    python3 serve.py                                  # http://127.0.0.1:8000/
+    python3 serve.py --host 0.0.0.0 --port 8080 --checkpoint runs/dan/best.safetensors --workers 2
+
+Open the URL for the page (drop a photo or turn on the webcam); POST /predict answers with what
+`predict.py --json` prints for the same photo; /docs is the API's own page. See docs/serve.md.
+"""
+import argparse
+import logging
+import os
+import socket
+import sys
+
+from utils.errors import ArgumentParser, UserError, number, run_cli
+from utils.faces import DETECTORS
+from utils.fetch import add_limit_args, limits_from_args
+from utils.recognizer import DEFAULT_CHECKPOINT, ROOT, EmotionRecognizer
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = ArgumentParser(description="Serve expression recognition over HTTP, with a web page.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=number(int, 0, 65535), default=8000, help="port to listen on")
+    p.add_argument("--checkpoint", default=None,
+                   help=f"model file: .safetensors, .pth or an exported .onnx "
+                        f"(default {DEFAULT_CHECKPOINT.relative_to(ROOT)})")
+    p.add_argument("--detector", default="auto", choices=sorted(DETECTORS), help="face detector (as predict.py)")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=False,
+                   help="average each face's prediction with its mirror image's")
+    p.add_argument("--workers", type=number(int, 1), default=None,
+                   help="requests recognised at once (default: one per two CPU cores)")
+    p.add_argument("--threads", type=number(int, 1), default=None,
+                   help="CPU threads per request for the model (default: the cores divided among the workers)")
+    p.add_argument("--queue", type=number(int, 0), default=16,
+                   help="requests that may wait for a worker; one more is answered 503 with Retry-After")
+    p.add_argument("--allow-private-urls", action="store_true",
+                   help="fetch {\"url\": ...} from loopback, private and link-local addresses too (by default "
+                        "only public ones: clients cannot make the server reach its own network)")
+    p.add_argument("--cache-dir", default=None, help="ONNX export cache (default $FER_CACHE_DIR or ~/.cache/fer)")
+    add_limit_args(p)
+    return p
+
+
+def resolve_workers(workers, threads, cores=None):
+    """(workers, threads per worker) that together use every core once."""
+    cores = cores or os.cpu_count() or 1
+    workers = workers or max(1, cores // 2)
+    return workers, threads or max(1, cores // workers)
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before the start-up line is printed, so the URL printed is real
+    (with --port 0, the port the system chose)."""
+    try:
+        return socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+    except (OSError, OverflowError) as err:
+        raise UserError(f"cannot listen on {host}:{port} ({getattr(err, 'strerror', None) or err}); "
+                        "choose another --port or --host") from None
+
+
+def main(args) -> int:
+    import uvicorn
+
+    from utils.server import ServeOptions, create_app
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    workers, threads = resolve_workers(args.workers, args.threads)
+    recognizer = EmotionRecognizer(args.checkpoint, detector=args.detector, threads=threads, cache_dir=args.cache_dir,
+                                   max_pixels=args.max_pixels, tta=args.tta)
+    options = ServeOptions(limits=limits_from_args(args, allow_private=args.allow_private_urls),
+                           max_pixels=args.max_pixels, workers=workers, queue=args.queue)
+    app = create_app(recognizer, options)
+    sock = listen(args.host, args.port)
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"serving {recognizer.checkpoint} ({recognizer.meta.get('model')}, {len(recognizer.classes)} classes, "
+          f"{recognizer.img_size} px, {'grey' if recognizer.grayscale else 'colour'} faces; {workers} worker(s) x "
+          f"{threads} thread(s)) at http://{host}:{sock.getsockname()[1]}/", flush=True)
+    uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_keep_alive=5)).run(sockets=[sock])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main, get_args_parser().parse_args()))

@@ -1,0 +1,91 @@
+"""serve.py's web page in a real browser: headless Chromium, driven by Selenium, against serve.py
+on 127.0.0.1.
+
+Skips when Chromium, its driver or Selenium is not installed (`.ci/run` installs them:
+apt-get install chromium chromium-driver). The screenshot goes to the test's tmp folder; with
+FER_PAGE_SCREENSHOT=docs/serve_page.png the page serves the default model and a small copy of the
+screenshot is written there too (the README's picture).
+"""
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import requests
+from PIL import Image
+
+from conftest import ROOT, serve_process
+
+ASTRONAUT = ROOT / "Data" / "samples" / "astronaut.jpg"
+WAIT_S = 30
+
+
+@pytest.fixture
+def browser():
+    """Headless Chromium, or a skip (before the model is made) when it is not installed."""
+    webdriver = pytest.importorskip("selenium.webdriver")
+    binary = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
+    driver = shutil.which("chromedriver")
+    if binary is None or driver is None:
+        pytest.skip("Chromium or chromedriver is not installed (apt-get install chromium chromium-driver)")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                 "--window-size=1200,700", "--disable-extensions"):
+        options.add_argument(flag)
+    # The explicit driver path keeps Selenium Manager from looking for (and downloading) one.
+    chrome = webdriver.Chrome(options=options, service=Service(driver))
+    yield chrome
+    chrome.quit()
+
+
+def settled(browser):
+    """Waits until the page has shown a result or an error; returns which."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(browser, WAIT_S).until(
+        lambda b: b.find_element("tag name", "body").get_attribute("data-state") in ("done", "error"))
+    return browser.find_element("tag name", "body").get_attribute("data-state")
+
+
+def small_png(src: Path, dst: Path) -> None:
+    """The screenshot in 256 colours: the README's copy stays small."""
+    Image.open(src).convert("RGB").quantize(256).save(dst, optimize=True)
+
+
+def test_page_shows_the_faces_the_api_gives(browser, served_model, tmp_path):
+    screenshot_to = os.environ.get("FER_PAGE_SCREENSHOT")
+    checkpoint, cache = served_model
+    model = [] if screenshot_to else ["--checkpoint", str(checkpoint), "--cache-dir", str(cache)]
+    with serve_process(*model, log=tmp_path / "serve.log", timeout=120) as (url, _):
+        with open(ASTRONAUT, "rb") as f:
+            api = requests.post(url + "predict", files={"file": f}, timeout=30).json()
+        assert len(api["faces"]) == 1
+
+        browser.get(url)
+        browser.find_element("id", "file").send_keys(str(ASTRONAUT))
+        assert settled(browser) == "done", browser.find_element("id", "error").text
+        boxes = browser.find_elements("css selector", "#stage .box")
+        cards = browser.find_elements("css selector", "#faces .face")
+        emotion = api["faces"][0]["emotion"]
+        assert len(boxes) == 1 and len(cards) == 1
+        assert boxes[0].get_attribute("data-emotion") == emotion and boxes[0].text.split()[1] == emotion
+        assert cards[0].get_attribute("data-emotion") == emotion and f"Face 1: {emotion}" in cards[0].text
+        assert browser.find_element("id", "status").text.startswith("1 face")
+        assert browser.find_element("id", "error").text == ""
+        loaded = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+        assert all(name.startswith(url) for name in loaded), loaded  # nothing from elsewhere: works offline
+        browser.save_screenshot(str(tmp_path / "serve_page.png"))
+        if screenshot_to:
+            small_png(tmp_path / "serve_page.png", ROOT / screenshot_to)
+
+        text = tmp_path / "notes.jpg"
+        text.write_text("not a photo")
+        browser.execute_script("document.body.dataset.state = ''")
+        browser.find_element("id", "file").send_keys(str(text))
+        assert settled(browser) == "error"
+        assert "not an image" in browser.find_element("id", "error").text
+        assert browser.find_elements("css selector", "#stage .box") == []
+    assert (tmp_path / "serve_page.png").stat().st_size > 10_000

@@ -1,0 +1,304 @@
+"""serve.py's ASGI app: the HTTP API (POST /predict, GET /model, GET /health) and the web page (GET /).
+
+    app = create_app(EmotionRecognizer(), ServeOptions())
+
+POST /predict answers with the object `predict.py --json` prints for the same photo (one
+recognizer, one `record`). The event loop only reads bodies and hands work on: decoding, detection
+and classification run on a pool of `workers` threads, `queue` more requests may wait for one,
+and past that a request is answered 503 with Retry-After. URL downloads wait on their own threads,
+outside the pool, so a slow server holds no worker.
+
+Every refusal is a status code and {"error": "<one sentence>"}; docs/serve.md lists them.
+"""
+import asyncio
+import io
+import json
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import AsyncIterator, Dict, Optional, Tuple
+
+from data.images import MAX_PIXELS, ImageTooLarge, decode_image
+from utils.errors import UserError, first_line
+from utils.fetch import MB, DownloadTimedOut, DownloadTooLarge, FetchLimits, UrlRefused, fetch
+from utils.sources import Input, record
+
+PAGE = Path(__file__).with_name("serve_page.html")
+MULTIPART_SLACK = 64 * 1024  # a form's boundaries and part headers, on top of the image itself
+MAX_JSON_BYTES = 64 * 1024
+log = logging.getLogger("serve")
+
+
+class ApiError(Exception):
+    """A refusal: the status code and the one sentence the client gets as {"error": ...}."""
+
+    def __init__(self, status: int, message: str, headers: Optional[Dict[str, str]] = None):
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """How much the server takes on.
+
+    Attributes:
+        limits: downloads of {"url": ...} (time, size, and whether private addresses may be
+            fetched); `limits.max_bytes` also bounds uploads and `limits.total_timeout` the time
+            to receive one.
+        max_pixels: larger images are refused before they are decoded.
+        workers: requests recognised at once, each on its own thread.
+        queue: requests that may wait for a worker; one more is answered 503.
+    """
+
+    limits: FetchLimits = field(default_factory=lambda: FetchLimits(allow_private=False))
+    max_pixels: int = MAX_PIXELS
+    workers: int = 1
+    queue: int = 16
+
+
+class InferencePool:
+    """Runs blocking work on `workers` threads, with at most `queue` jobs waiting; more are refused.
+
+    Admission is counted on the event loop's thread and released when a job ends (or is cancelled
+    while it waits, as when its client goes away), so the count is exact without a lock.
+    """
+
+    def __init__(self, workers: int, queue: int):
+        self.executor = ThreadPoolExecutor(workers, thread_name_prefix="recognise")
+        self.workers, self.capacity = workers, workers + queue
+        self.active = 0
+        self.peak = 0
+
+    async def run(self, fn, *args):
+        if self.active >= self.capacity:
+            raise ApiError(503, f"the server is busy ({self.active} requests running or waiting); try again shortly",
+                           {"Retry-After": "1"})
+        loop = asyncio.get_running_loop()
+        future = self.executor.submit(fn, *args)
+        self.active += 1
+        self.peak = max(self.peak, self.active)
+        future.add_done_callback(lambda _: loop.call_soon_threadsafe(self._release))
+        return await asyncio.wrap_future(future)
+
+    def _release(self) -> None:
+        self.active -= 1
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def decode(body: bytes, name: str, max_pixels: int):
+    """Encoded image bytes -> RGB uint8 (H, W, 3), or the ApiError that says why not.
+
+    415: not an image at all; 422: an image that cannot be used (cut short, damaged, or over the
+    pixel limit: a decompression bomb is refused from its header, before it is decoded).
+    """
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    if not body:
+        raise ApiError(422, f"{name}: the image is empty")
+    try:
+        return np.asarray(decode_image(body, max_pixels, name=name))
+    except ImageTooLarge as err:
+        raise ApiError(422, str(err)) from None
+    except UserError as err:
+        try:
+            Image.open(io.BytesIO(body))  # reads the header only: is it an image format at all?
+        except UnidentifiedImageError:
+            raise ApiError(415, f"{name}: not an image (send JPEG, PNG, WebP, BMP, TIFF or GIF)") from None
+        except Exception:  # a header PIL recognises but cannot parse: a damaged image
+            pass
+        raise ApiError(422, first_line(err)) from None
+
+
+def model_info(recognizer) -> dict:
+    """What GET /model answers: the model, its classes and input, the checkpoint's SHA-256."""
+    from utils.export_onnx import file_digest
+
+    meta = recognizer.meta
+    return {"checkpoint": recognizer.checkpoint.name, "sha256": file_digest(recognizer.checkpoint),
+            "model": meta.get("model"), "classes": recognizer.classes, "img_size": recognizer.img_size,
+            "grayscale": recognizer.grayscale, "temperature": recognizer.temperature, "tta": recognizer.tta,
+            "detector": type(recognizer.detector).__name__, "backend": recognizer.backend}
+
+
+async def _read_body(request, limit: int, slack: int = 0) -> AsyncIterator[bytes]:
+    """The request's body, chunk by chunk; ApiError 413 up front when its Content-Length is over
+    `limit` + `slack` bytes, else as soon as that many have come (never buffered whole)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit + slack:
+        raise ApiError(413, f"the upload ({int(declared) / MB:.1f} MB) is over the limit of {limit / MB:.1f} MB")
+    seen = 0
+    async for chunk in request.stream():
+        seen += len(chunk)
+        if seen > limit + slack:
+            raise ApiError(413, f"the upload passed the limit of {limit / MB:.1f} MB and was refused")
+        yield chunk
+
+
+async def _collect(chunks: AsyncIterator[bytes]) -> bytes:
+    body = bytearray()
+    async for chunk in chunks:
+        body += chunk
+    return bytes(body)
+
+
+async def _upload(request, options: ServeOptions) -> Tuple[bytes, str]:
+    """(image bytes, name) from a multipart form (its first file) or a raw image body."""
+    from starlette.formparsers import MultiPartException, MultiPartParser
+
+    limit = options.limits.max_bytes
+    if request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
+        parser = MultiPartParser(request.headers, _read_body(request, limit, MULTIPART_SLACK), max_files=1,
+                                 max_fields=16)
+        try:
+            form = await parser.parse()
+        except MultiPartException as err:
+            raise ApiError(400, f"the multipart form cannot be read ({err.message})") from None
+        files = [v for _, v in form.multi_items() if hasattr(v, "read")]
+        if not files:
+            raise ApiError(400, "the multipart form has no file: send the image as a file field")
+        upload = files[0]
+        body = await upload.read()
+        await form.close()
+        if len(body) > limit:
+            raise ApiError(413, f"the upload ({len(body) / MB:.1f} MB) is over the limit of {limit / MB:.1f} MB")
+        return body, upload.filename or "upload"
+    return await _collect(_read_body(request, limit)), "upload"
+
+
+async def _download(request, limits: FetchLimits) -> Tuple[bytes, str, float]:
+    """(image bytes, URL, ms) for JSON {"url": ...}; the download waits on its own thread."""
+    from starlette.concurrency import run_in_threadpool
+
+    try:
+        payload = json.loads(await _collect(_read_body(request, MAX_JSON_BYTES)))
+    except ApiError:
+        raise ApiError(413, f"the JSON body is over {MAX_JSON_BYTES // 1024} KB; it holds only {{\"url\": ...}}") \
+            from None
+    except ValueError:
+        raise ApiError(400, "the body is not valid JSON; send {\"url\": \"https://...\"}") from None
+    url = payload.get("url") if isinstance(payload, dict) else None
+    if not isinstance(url, str) or not url:
+        raise ApiError(400, "the JSON body needs a \"url\" string: {\"url\": \"https://...\"}")
+    start = time.perf_counter()
+    try:
+        body, _ = await run_in_threadpool(fetch, url, limits)
+    except UrlRefused as err:
+        raise ApiError(400, str(err)) from None
+    except DownloadTimedOut as err:
+        raise ApiError(504, str(err)) from None
+    except DownloadTooLarge as err:
+        raise ApiError(413, str(err)) from None
+    except UserError as err:  # the other server failed: an HTTP error, a refused connection, ...
+        raise ApiError(502, str(err)) from None
+    return body, url, (time.perf_counter() - start) * 1000
+
+
+def _predict_schema() -> dict:
+    """The request bodies POST /predict takes, for the OpenAPI page (the handler reads the body itself)."""
+    binary = {"type": "string", "format": "binary"}
+    return {"requestBody": {"required": True, "content": {
+        "multipart/form-data": {"schema": {"type": "object", "properties": {"file": binary}, "required": ["file"]}},
+        "image/*": {"schema": binary},
+        "application/json": {"schema": {"type": "object", "properties": {"url": {"type": "string"}},
+                                        "required": ["url"]}},
+    }}}
+
+
+ERRORS = {
+    400: "a malformed request, or a URL that is not http(s) or is at a loopback, private or link-local address",
+    408: "the upload did not arrive within the download time limit",
+    413: "the image (uploaded or downloaded) is over the size limit",
+    415: "not an image, or a Content-Type other than multipart/form-data, image/* or application/json",
+    422: "an image cut short or damaged, or over the pixel limit (a decompression bomb)",
+    502: "the URL's server failed (an HTTP error, a refused connection)",
+    503: "every worker is busy and the queue is full: try again after Retry-After seconds",
+    504: "the URL's server was too slow or did not answer",
+}
+
+
+def create_app(recognizer, options: ServeOptions = ServeOptions()):
+    """The FastAPI app around one recognizer (loaded once, shared by the pool's threads)."""
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import HTMLResponse, JSONResponse
+    from starlette.exceptions import HTTPException
+
+    pool = InferencePool(options.workers, options.queue)
+    info = model_info(recognizer)
+    info["limits"] = {"max_bytes": options.limits.max_bytes, "max_pixels": options.max_pixels,
+                      "download_timeout_s": options.limits.total_timeout}
+    page = PAGE.read_bytes()
+
+    @asynccontextmanager
+    async def lifespan(_app):
+        yield
+        pool.close()
+
+    app = FastAPI(title="Facial expression recognition", lifespan=lifespan,
+                  description="Every face in a photo, its box and the probability of each expression. "
+                              "The answer to POST /predict is one line of `predict.py --json`.")
+    app.state.pool = pool
+
+    def recognise(body: bytes, name: str, ms: float) -> dict:
+        start = time.perf_counter()
+        image = decode(body, name, options.max_pixels)
+        try:
+            faces = recognizer.predict(image)
+        except UserError as err:
+            raise ApiError(422, f"{name}: {first_line(err)}") from None
+        return record(Input(name, image=image), faces, ms + (time.perf_counter() - start) * 1000)
+
+    @app.get("/", include_in_schema=False)
+    async def index():
+        return HTMLResponse(page)
+
+    @app.get("/health", summary="Liveness, and how many requests are running or waiting")
+    async def health():
+        return {"status": "ok", "active": pool.active, "capacity": pool.capacity, "workers": pool.workers}
+
+    @app.get("/model", summary="The model served: classes, input size, grey or colour, the checkpoint's SHA-256")
+    async def model():
+        return info
+
+    @app.post("/predict", openapi_extra=_predict_schema(),
+              responses={code: {"description": text} for code, text in ERRORS.items()},
+              summary="Every face in an image: a file upload, raw image bytes, or JSON {\"url\": ...}")
+    async def predict(request: Request):
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind == "application/json":
+            body, name, ms = await _download(request, options.limits)
+        elif kind == "multipart/form-data" or kind.startswith("image/") or kind == "application/octet-stream":
+            try:
+                body, name = await asyncio.wait_for(_upload(request, options), options.limits.total_timeout)
+            except asyncio.TimeoutError:
+                raise ApiError(408, f"the upload took over {options.limits.total_timeout:g} s") from None
+            ms = 0.0
+        else:
+            raise ApiError(415, f"Content-Type {kind or 'missing'}: send multipart/form-data, an image/* body, "
+                                "or application/json {\"url\": ...}")
+        return await pool.run(recognise, body, name, ms)
+
+    async def refused(_request, err: ApiError):
+        return JSONResponse({"error": err.message}, err.status, headers=err.headers)
+
+    async def http_error(_request, err: HTTPException):
+        return JSONResponse({"error": str(err.detail)}, err.status_code, headers=getattr(err, "headers", None))
+
+    async def invalid(_request, err: RequestValidationError):
+        return JSONResponse({"error": f"invalid request ({first_line(err)})"}, 422)
+
+    async def bug(request, err: Exception):
+        log.exception("%s %s failed", request.method, request.url.path, exc_info=err)
+        return JSONResponse({"error": f"internal error ({type(err).__name__}); the server log has the details"}, 500)
+
+    app.add_exception_handler(ApiError, refused)
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, invalid)
+    app.add_exception_handler(Exception, bug)
+    return app
