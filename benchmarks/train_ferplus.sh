@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The shipped FER+ model (FER+ train + CK+48 folds 2-4) and its ablation (FER+ train only), one after
+# the other, each resumed where it stopped if the script is run again. See docs/training.md.
+#
+#   bash benchmarks/train_ferplus.sh [OUT]      # OUT default runs; about 35 + 30 minutes on 2 CPU cores
+#
+# Needs Data/ckplus48_v1t0 (see benchmarks/recipe_trials.sh for the data.prepare command).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:-runs}
+FERPLUS=${FERPLUS:-../shared/data/ferplus}
+CKPLUS=${CKPLUS:-Data/ckplus48_v1t0}
+RECIPE=(--init Data/dan_fer2013.safetensors --img-size 112 --epochs 2 --batch-size 64 --optimizer sgd --lr 0.01
+        --sched cosine --warmup-epochs 0.2 --aug fer --select source-mean --cache yes --seed 0 ${EXTRA:-})
+run() {
+  local out=$1; shift
+  if [ -f "$out/last.pth" ]; then
+    python3 train.py --resume "$out"
+  else
+    python3 train.py "$@" "${RECIPE[@]}" --output "$out"
+  fi
+}
+run "$OUT/dan_ferplus_ck" --data "$FERPLUS" "$CKPLUS" --oversample ckplus48=8
+run "$OUT/dan_ferplus_only" --data "$FERPLUS"
