@@ -185,3 +185,50 @@ def test_cached_and_streamed_batches_agree(tiny_data):
     assert len(streamed) == len(cached) == 3
     for a, b in zip(streamed, cached):
         assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_sampler_repeats_oversample_a_source_exactly():
+    from data.loading import source_repeats
+    repeats = source_repeats(np.array([0, 0, 1, 1, 0]), ["big", "small"], {"small": 3})
+    assert repeats.tolist() == [1, 1, 3, 3, 1]
+    s = ShardedSampler(5, True, seed=0, repeats=repeats)
+    idx = s.indices()
+    assert len(s) == len(idx) == 9 and sorted(idx.tolist()) == [0, 1, 2, 2, 2, 3, 3, 3, 4]
+    shards = [ShardedSampler(5, True, 0, rank=r, world_size=2, repeats=repeats) for r in range(2)]
+    assert [len(x) for x in shards] == [5, 5] and [len(x.indices()) for x in shards] == [5, 5]
+    with pytest.raises(UserError, match="not sources"):
+        source_repeats(np.array([0]), ["big"], {"ckplus48": 8})
+
+
+def test_photometric_blur_and_jpeg_augmentations():
+    torch.manual_seed(0)
+    norm = Normalize([0] * 3, [1] * 3)
+    x = (torch.rand(4, 3, 16, 16) * 255).to(torch.uint8)
+    off = TrainAugment(identity_config(p_color=0.0, p_blur=0.0, p_jpeg=0.0), norm)
+    assert torch.allclose(off(x), norm(x), atol=1e-5)
+    # zero-width jitter ranges leave the images as they are
+    bright = TrainAugment(identity_config(p_color=1.0, brightness=0.0, contrast=0.0, gamma=(1.0, 1.0)), norm)
+    assert torch.allclose(bright(x), norm(x), atol=1e-5)
+    # a blur keeps the mean of a flat image and lowers the variance of noise
+    blur = TrainAugment(identity_config(p_blur=1.0, blur_sigma=(1.0, 1.0)), norm)
+    flat = torch.full((2, 3, 16, 16), 100, dtype=torch.uint8)
+    assert torch.allclose(blur(flat), norm(flat), atol=1e-5)
+    assert blur(x).var() < norm(x).var() / 2
+    jpeg = TrainAugment(identity_config(p_jpeg=1.0, jpeg_quality=(20, 20)), norm)
+    out = jpeg(x)
+    assert out.shape == x.shape and not torch.allclose(out, norm(x), atol=1e-3)
+    assert (out - norm(x)).abs().mean() < 0.25  # the same picture, compressed
+
+
+def test_mix_batch_mixes_images_and_targets_alike():
+    from data.transforms import mix_batch
+    torch.manual_seed(0)
+    x = torch.arange(4.0).view(4, 1, 1, 1).expand(4, 3, 8, 8).clone()
+    targets = torch.eye(4)
+    mixed, t, lam, perm = mix_batch(x, targets, alpha=0.4, cutmix=False)
+    assert torch.allclose(mixed, lam * x + (1 - lam) * x[perm])
+    assert torch.allclose(t.sum(1), torch.ones(4)) and torch.allclose(t, lam * targets + (1 - lam) * targets[perm])
+    mixed, t, lam, perm = mix_batch(x, targets, alpha=1.0, cutmix=True)
+    own = (mixed == x).float().mean(dim=(1, 2, 3))  # the share of each image left in place
+    moved = perm != torch.arange(4)
+    assert torch.allclose(own[moved], torch.full_like(own[moved], lam))

@@ -481,6 +481,24 @@ def test_folder_folds_csv_with_val_is_test(tmp_path):
     assert _files(dst / "val") == _files(dst / "test")
 
 
+def test_folder_folds_csv_with_a_val_fold(tmp_path):
+    subjects = [f"S{i:03d}" for i in range(6)]
+    src = _class_folders(tmp_path / "all", {"angry": 0, "happy": 0}, subjects=subjects)
+    (tmp_path / "folds.csv").write_text("subject,fold\n" + "".join(f"{s},{i % 3}\n" for i, s in enumerate(subjects)))
+    dst = tmp_path / "out"
+    _prepare("folder", "--src", src, "--dst", dst, "--subject-regex", r"^(S\d+)_", "--folds-csv",
+             tmp_path / "folds.csv", "--fold", "0", "--val-fold", "2")
+    by_split = _subjects_by_split(dst)
+    assert by_split["test"] == {"S000", "S003"} and by_split["val"] == {"S002", "S005"}
+    assert by_split["train"] == {"S001", "S004"}
+    with pytest.raises(UserError, match="not a fold"):
+        _prepare("folder", "--src", src, "--dst", tmp_path / "o2", "--subject-regex", r"^(S\d+)_", "--folds-csv",
+                 tmp_path / "folds.csv", "--fold", "0", "--val-fold", "7")
+    with pytest.raises(UserError, match="must differ"):
+        _prepare("folder", "--src", src, "--dst", tmp_path / "o3", "--subject-regex", r"^(S\d+)_", "--folds-csv",
+                 tmp_path / "folds.csv", "--fold", "0", "--val-fold", "0")
+
+
 def test_folder_without_subjects_is_stratified(tmp_path):
     src = tmp_path / "photos"
     for label, count in (("happy", 40), ("sad", 20)):

@@ -93,6 +93,9 @@ def _folds_from_csv(samples: list[Sample], options: SplitOptions, problems: Prob
     if options.fold not in set(fold_of.values()):
         raise UserError(f"--fold {options.fold} is not a fold of {options.folds_csv}: "
                         f"pick one of {sorted(set(fold_of.values()))}")
+    if options.val_fold is not None and options.val_fold not in set(fold_of.values()):
+        raise UserError(f"--val-fold {options.val_fold} is not a fold of {options.folds_csv}: "
+                        f"pick one of {sorted(set(fold_of.values()))}")
     kept = []
     for sample in samples:
         if sample.subject in fold_of:
