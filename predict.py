@@ -36,8 +36,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--margin", type=number(float, 0), default=0.2,
                    help="space added around each face box, per side, as a fraction of the box")
     p.add_argument("--no-align", action="store_true", help="do not rotate faces upright by the eyes")
-    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=False,
-                   help="average each face's prediction with its mirror image's (twice the model's work)")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
+                   help="average each face's prediction with its mirror image's (twice the model's work; "
+                        "--no-tta for one pass)")
     p.add_argument("--grayscale", action=argparse.BooleanOptionalAction, default=None,
                    help="grey face crops (default: as the checkpoint's metadata says, else grey)")
     p.add_argument("--json", action="store_true", help="one JSON object per input (per frame) on stdout")

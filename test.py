@@ -43,7 +43,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--exclude-classes", nargs="+", default=[], metavar="CLASS",
                    help="leave these class folders out of the data while the model keeps every class (e.g. "
                         "contempt, to score CK+ on the 6 basic classes: a contempt or neutral answer counts wrong)")
-    p.add_argument("--tta", action="store_true", help="average the prediction with its horizontal flip")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
+                   help="average the prediction with its horizontal flip (--no-tta: one pass, as the FER2013 "
+                        "model's published figures were measured)")
     p.add_argument("--calibrate", action="store_true",
                    help="fit the temperature on this split (val only) and store it in the checkpoint's "
                         "metadata if it lowers the calibration error")
