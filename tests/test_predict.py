@@ -185,7 +185,7 @@ def test_all_faces_classified_in_one_batch(recognizer, photos, monkeypatch):
     run = recognizer.runner.__call__
     monkeypatch.setattr(recognizer, "runner", lambda x: batches.append(len(x)) or run(x))
     faces = recognizer.predict(photos / "four.jpg")
-    assert len(faces) == 4 and batches == [4]
+    assert len(faces) == 4 and batches == [8]  # the four faces and their mirror images (flip TTA)
     centres = sorted((f.box[0] + f.box[2] // 2 > 400, f.box[1] + f.box[3] // 2 > 300) for f in faces)
     assert centres == [(False, False), (False, True), (True, False), (True, True)]
 
@@ -465,3 +465,22 @@ def test_auto_detector_falls_back_to_haar(monkeypatch):
     assert isinstance(faces.build_detector("auto"), HaarDetector)
     with pytest.raises(UserError, match="unknown detector"):
         faces.build_detector("yolo")
+
+
+def test_flip_tta_averages_the_logits_of_each_face_and_its_mirror(recognizer):
+    rng = np.random.default_rng(0)
+    faces = rng.integers(0, 256, (3, recognizer.img_size, recognizer.img_size, 3), dtype=np.uint8)
+    from utils.faces import normalize
+    from utils.recognizer import softmax
+    logits = recognizer.runner(normalize(np.concatenate([faces, faces[:, :, ::-1]]), recognizer.mean,
+                                         recognizer.std))["logits"]
+    expected = softmax((logits[:3] + logits[3:]) / 2 / recognizer.temperature)
+    probs, _ = recognizer.classify(faces)
+    assert np.allclose(probs, expected, atol=1e-6)
+    recognizer.tta = False
+    try:
+        single, _ = recognizer.classify(faces)
+    finally:
+        recognizer.tta = True
+    assert np.allclose(single, softmax(logits[:3] / recognizer.temperature), atol=1e-6)
+    assert not np.allclose(single, probs, atol=1e-4)
