@@ -21,10 +21,9 @@ from utils.errors import ArgumentParser, UserError, number, run_cli
 from utils.metrics import (apply_temperature, calibration_bins, calibration_report, expected_calibration_error,
                            fit_temperature, format_table, full_report, mean_kl, multi_target_accuracy)
 from utils.misc import cpu_count, keep_freed_memory, resolve_device, setup_logging
+from utils.paths import DEFAULT_MODEL, ROOT
 from utils.plots import plot_confusion, plot_reliability, plot_tsne
 
-ROOT = Path(__file__).resolve().parent
-DEFAULT_MODEL = ROOT / "Data" / "dan_fer2013.safetensors"
 log = logging.getLogger("test")
 
 

@@ -19,9 +19,8 @@ from PIL import Image
 from data.images import MAX_PIXELS, decode_image
 from utils.errors import UserError, first_line
 from utils.faces import Detection, build_detector, crop_face, normalize, resize_faces, wants_grayscale
-
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CHECKPOINT = ROOT / "Data" / "dan_fer2013.safetensors"
+from utils.paths import DEFAULT_MODEL as DEFAULT_CHECKPOINT
+from utils.paths import ROOT
 BACKENDS = ("auto", "onnx", "torch")
 
 ImageLike = Union[str, Path, bytes, Image.Image, np.ndarray]
