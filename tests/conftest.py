@@ -3,10 +3,6 @@ serve.py's model and process."""
 import contextlib
 import http.server
 import os
-import re
-import select
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -79,30 +75,6 @@ def served_model(tmp_path_factory):
     checkpoint = tiny_model(folder / "tiny.safetensors")
     cached_onnx(checkpoint, folder / "cache")
     return checkpoint, folder / "cache"
-
-
-@contextlib.contextmanager
-def serve_process(*args, log: Path, timeout: float = 60.0):
-    """`python3 serve.py --port 0 ARGS` in its own process; yields (its URL, the process) once it
-    listens, and stops it afterwards. Its stderr goes to `log`."""
-    with open(log, "w") as err:
-        proc = subprocess.Popen([sys.executable, "serve.py", "--port", "0", *args], cwd=ROOT, text=True,
-                                stdout=subprocess.PIPE, stderr=err)
-    try:
-        ready, _, _ = select.select([proc.stdout], [], [], timeout)
-        line = proc.stdout.readline() if ready else ""
-        found = re.search(r" at (http://\S+/)$", line.strip())
-        if not found:
-            proc.kill()
-            raise RuntimeError(f"serve.py did not start: {line!r} {log.read_text()[-2000:]}")
-        yield found.group(1), proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def shared_or_skip(*parts) -> Path:

@@ -22,7 +22,7 @@ from PIL import Image
 
 import predict
 import serve
-from conftest import ROOT, local_http_server, serve_process
+from conftest import ROOT, local_http_server
 from test_predict import check_record
 from utils.errors import UserError
 from utils.fetch import FetchLimits
@@ -31,7 +31,7 @@ from utils.recognizer import EmotionRecognizer
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402  (after the skip: only with fastapi installed)
 
-from utils.server import InferencePool, ServeOptions, create_app  # noqa: E402
+from utils.server import InferencePool, ServeOptions, create_app, serve_process  # noqa: E402
 
 ASTRONAUT = ROOT / "Data" / "samples" / "astronaut.jpg"
 LIMITS = dict(connect_timeout=1, read_timeout=0.5, total_timeout=1.5, max_bytes=1024 * 1024)

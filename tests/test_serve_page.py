@@ -14,7 +14,8 @@ import pytest
 import requests
 from PIL import Image
 
-from conftest import ROOT, serve_process
+from conftest import ROOT
+from utils.server import serve_process
 
 ASTRONAUT = ROOT / "Data" / "samples" / "astronaut.jpg"
 WAIT_S = 30

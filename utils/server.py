@@ -11,9 +11,14 @@ outside the pool, so a slow server holds no worker.
 Every refusal is a status code and {"error": "<one sentence>"}; docs/serve.md lists them.
 """
 import asyncio
+import contextlib
 import io
 import json
 import logging
+import re
+import select
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -26,6 +31,7 @@ from utils.errors import UserError, first_line
 from utils.fetch import MB, DownloadTimedOut, DownloadTooLarge, FetchLimits, UrlRefused, fetch
 from utils.sources import Input, record
 
+ROOT = Path(__file__).resolve().parent.parent
 PAGE = Path(__file__).with_name("serve_page.html")
 MULTIPART_SLACK = 64 * 1024  # a form's boundaries and part headers, on top of the image itself
 MAX_JSON_BYTES = 64 * 1024
@@ -199,6 +205,24 @@ async def _download(request, limits: FetchLimits) -> Tuple[bytes, str, float]:
     return body, url, (time.perf_counter() - start) * 1000
 
 
+async def _unless_gone(request, work):
+    """Await `work`, but cancel it if the client disconnects first: a request still waiting for a
+    worker then leaves the queue instead of being recognised for nobody."""
+    async def gone():
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    job, watch = asyncio.ensure_future(work), asyncio.ensure_future(gone())
+    try:
+        await asyncio.wait({job, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+    if not job.done():
+        job.cancel()
+        raise ApiError(499, "the client went away before its answer")  # nobody reads it; logged as such
+    return job.result()
+
+
 def _predict_schema() -> dict:
     """The request bodies POST /predict takes, for the OpenAPI page (the handler reads the body itself)."""
     binary = {"type": "string", "format": "binary"}
@@ -282,7 +306,7 @@ def create_app(recognizer, options: ServeOptions = ServeOptions()):
         else:
             raise ApiError(415, f"Content-Type {kind or 'missing'}: send multipart/form-data, an image/* body, "
                                 "or application/json {\"url\": ...}")
-        return await pool.run(recognise, body, name, ms)
+        return await _unless_gone(request, pool.run(recognise, body, name, ms))
 
     async def refused(_request, err: ApiError):
         return JSONResponse({"error": err.message}, err.status, headers=err.headers)
@@ -302,3 +326,27 @@ def create_app(recognizer, options: ServeOptions = ServeOptions()):
     app.add_exception_handler(RequestValidationError, invalid)
     app.add_exception_handler(Exception, bug)
     return app
+
+
+@contextlib.contextmanager
+def serve_process(*args, log: Path, timeout: float = 60.0):
+    """`python3 serve.py --port 0 ARGS` in its own process, for tests and benchmarks; yields (its URL,
+    the process) once it listens, and stops it afterwards. Its stderr goes to `log`."""
+    with open(log, "w") as err:
+        proc = subprocess.Popen([sys.executable, str(ROOT / "serve.py"), "--port", "0", *args], cwd=ROOT, text=True,
+                                stdout=subprocess.PIPE, stderr=err)
+    try:
+        ready, _, _ = select.select([proc.stdout], [], [], timeout)
+        line = proc.stdout.readline() if ready else ""
+        found = re.search(r" at (http://\S+/)$", line.strip())
+        if not found:
+            proc.kill()
+            raise RuntimeError(f"serve.py did not start: {line!r} {log.read_text()[-2000:]}")
+        yield found.group(1), proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
