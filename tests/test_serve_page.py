@@ -1,5 +1,6 @@
 """serve.py's web page in a real browser: headless Chromium, driven by Selenium, against serve.py
-on 127.0.0.1.
+on 127.0.0.1. The page must show the astronaut's one box and the emotion the API gives, a file
+that is not an image as an error in words, and results for frames of Chromium's fake webcam.
 
 Skips when Chromium, its driver or Selenium is not installed (`.ci/run` installs them:
 apt-get install chromium chromium-driver). The screenshot goes to the test's tmp folder; with
@@ -7,6 +8,7 @@ FER_PAGE_SCREENSHOT=docs/serve_page.png the page serves the default model and a 
 screenshot is written there too (the README's picture).
 """
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -34,7 +36,8 @@ def browser():
     options = webdriver.ChromeOptions()
     options.binary_location = binary
     for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                 "--window-size=1200,700", "--disable-extensions"):
+                 "--window-size=1200,700", "--disable-extensions",
+                 "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"):  # a test-pattern webcam
         options.add_argument(flag)
     # The explicit driver path keeps Selenium Manager from looking for (and downloading) one.
     chrome = webdriver.Chrome(options=options, service=Service(driver))
@@ -89,4 +92,11 @@ def test_page_shows_the_faces_the_api_gives(browser, served_model, tmp_path):
         assert settled(browser) == "error"
         assert "not an image" in browser.find_element("id", "error").text
         assert browser.find_elements("css selector", "#stage .box") == []
+
+        browser.execute_script("document.body.dataset.state = ''")
+        browser.find_element("id", "camera").click()  # Chromium's fake webcam: frames of a test pattern
+        assert settled(browser) == "done", browser.find_element("id", "error").text
+        assert re.match(r"\d+ faces? · 640x480 ·", browser.find_element("id", "status").text)
+        browser.find_element("id", "camera").click()
+        assert browser.find_element("id", "status").text == "webcam off"
     assert (tmp_path / "serve_page.png").stat().st_size > 10_000

@@ -21,7 +21,6 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import AsyncIterator, Dict, Optional, Tuple
@@ -259,7 +258,7 @@ def create_app(recognizer, options: ServeOptions = ServeOptions()):
                       "download_timeout_s": options.limits.total_timeout}
     page = PAGE.read_bytes()
 
-    @asynccontextmanager
+    @contextlib.asynccontextmanager
     async def lifespan(_app):
         yield
         pool.close()
@@ -284,7 +283,8 @@ def create_app(recognizer, options: ServeOptions = ServeOptions()):
 
     @app.get("/health", summary="Liveness, and how many requests are running or waiting")
     async def health():
-        return {"status": "ok", "active": pool.active, "capacity": pool.capacity, "workers": pool.workers}
+        return {"status": "ok", "active": pool.active, "peak": pool.peak, "capacity": pool.capacity,
+                "workers": pool.workers}
 
     @app.get("/model", summary="The model served: classes, input size, grey or colour, the checkpoint's SHA-256")
     async def model():
