@@ -1,4 +1,4 @@
-"""The model shipped in Data/: its metadata, and that it sees the obvious."""
+"""The models shipped in Data/: their metadata, and that they see the obvious."""
 from pathlib import Path
 
 import numpy as np
@@ -44,4 +44,35 @@ def classify(model, meta, paths):
 def test_shipped_model_recognises_clear_expressions(shipped, expected, files):
     folder = shared_or_skip("ck_plus_48", "all", expected)
     model, meta = shipped
+    assert classify(model, meta, [folder / f for f in files]) == [expected] * len(files)
+
+
+FERPLUS = ROOT / "Data" / "dan_ferplus.safetensors"
+FERPLUS_CLASSES = ["angry", "contempt", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
+
+
+@pytest.fixture(scope="module")
+def ferplus():
+    return load_model(FERPLUS)
+
+
+def test_ferplus_model_is_compact_calibrated_and_self_describing(ferplus):
+    from utils.paths import DEFAULT_MODEL
+    assert FERPLUS.stat().st_size <= 40_000_000
+    model, meta = ferplus
+    assert meta["model"] == "dan" and meta["model_args"] == {"num_classes": 8, "num_heads": 4}
+    assert meta["classes"] == FERPLUS_CLASSES and meta["img_size"] == 112 and meta["grayscale"]
+    assert 0.5 < meta["temperature"] < 3 and meta["calibration"]["ece_after"] < meta["calibration"]["ece_before"]
+    assert DEFAULT_MODEL == FERPLUS  # the default of predict.py, test.py, serve.py and EmotionRecognizer
+    assert not model.training
+
+
+@pytest.mark.parametrize("expected,files", [  # CK+48 fold 0: subjects the FER+ model never trained on
+    ("happy", ["S026_006_00000013.png", "S035_006_00000016.png"]),
+    ("surprise", ["S026_001_00000015.png", "S035_001_00000013.png"]),
+    ("disgust", ["S005_001_00000011.png"]),
+])
+def test_ferplus_model_recognises_clear_expressions_of_unseen_subjects(ferplus, expected, files):
+    folder = shared_or_skip("ck_plus_48", "all", expected)
+    model, meta = ferplus
     assert classify(model, meta, [folder / f for f in files]) == [expected] * len(files)

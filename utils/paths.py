@@ -4,4 +4,4 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 # The model predict.py, test.py, serve.py and EmotionRecognizer use without --checkpoint
 # (its card: Data/MODEL_CARD_ferplus.md; the FER2013 model stays for that benchmark's row).
-DEFAULT_MODEL = ROOT / "Data" / "dan_fer2013.safetensors"
+DEFAULT_MODEL = ROOT / "Data" / "dan_ferplus.safetensors"
