@@ -54,10 +54,15 @@ def listen(host: str, port: int) -> socket.socket:
     """The listening socket, bound before the start-up line is printed, so the URL printed is real
     (with --port 0, the port the system chose)."""
     try:
-        return socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+        sock = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
     except (OSError, OverflowError) as err:
         raise UserError(f"cannot listen on {host}:{port} ({getattr(err, 'strerror', None) or err}); "
                         "choose another --port or --host") from None
+    # Connections accepted from it inherit this. asyncio sets it only on sockets made with
+    # proto=IPPROTO_TCP, which create_server's are not: without it, Nagle's algorithm and the
+    # client's delayed ACK held every answer on a kept-alive connection for 40 ms.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
 
 
 def main(args) -> int:

@@ -373,6 +373,7 @@ def test_serve_script_refusals_are_one_line(capsys):
         serve.get_args_parser().parse_args(["--port", "70000"])
     assert stop.value.code == 2 and "argument --port" in capsys.readouterr().err
     with serve.listen("127.0.0.1", 0) as taken:
+        assert taken.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)  # answers are not held back by Nagle
         with pytest.raises(UserError, match="cannot listen on 127.0.0.1"):
             serve.listen("127.0.0.1", taken.getsockname()[1])
 
