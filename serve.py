@@ -30,7 +30,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=False,
                    help="average each face's prediction with its mirror image's")
     p.add_argument("--workers", type=number(int, 1), default=None,
-                   help="requests recognised at once (default: one per two CPU cores)")
+                   help="requests recognised at once (default: one per CPU core)")
     p.add_argument("--threads", type=number(int, 1), default=None,
                    help="CPU threads per request for the model (default: the cores divided among the workers)")
     p.add_argument("--queue", type=number(int, 0), default=16,
@@ -44,9 +44,12 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def resolve_workers(workers, threads, cores=None):
-    """(workers, threads per worker) that together use every core once."""
+    """(workers, threads per worker) that together use every core once. By default a worker per
+    core, each single-threaded: requests overlap (one decodes or detects while another is
+    classified), which served more per second than fewer workers with more threads each, and as
+    fast at one client (docs/serve.md, Speed)."""
     cores = cores or os.cpu_count() or 1
-    workers = workers or max(1, cores // 2)
+    workers = workers or cores
     return workers, threads or max(1, cores // workers)
 
 
