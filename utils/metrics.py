@@ -142,12 +142,6 @@ def fit_temperature(probs: np.ndarray, labels: np.ndarray, low: float = 0.05, hi
     return float(np.exp((a + b) / 2))
 
 
-def calibration_report(probs: np.ndarray, labels: np.ndarray, targets: Optional[np.ndarray] = None,
-                       bins: int = 15) -> Dict[str, float]:
-    """ECE and NLL; with annotators' distributions `targets` (rows of images that have votes)
-    also the mean KL to them and the multi-target accuracy."""
-    report = {"ece": expected_calibration_error(probs, labels, bins), "nll": nll(probs, labels)}
-    if targets is not None and len(targets):
-        report["vote_kl"] = mean_kl(targets, probs)
-        report["multi_target_accuracy"] = multi_target_accuracy(probs.argmax(axis=1), targets)
-    return report
+def calibration_report(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> Dict[str, float]:
+    """ECE over `bins` confidence bins and the negative log-likelihood."""
+    return {"ece": expected_calibration_error(probs, labels, bins), "nll": nll(probs, labels)}
