@@ -3,7 +3,7 @@
 Balanced accuracy and macro-F1 average over the classes present in the labels, so a test set
 holding a subset of the model's classes (CK+ has no neutral) is scored on its own classes.
 """
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
 import numpy as np
 
