@@ -16,8 +16,9 @@ from torch.nn.parallel import DistributedDataParallel
 
 from data.datasets import FaceFolder, find_datasets
 from data.loading import Batches, ShardedSampler, TensorCache, balanced_weights, source_repeats
-from data.transforms import IMAGENET_MEAN, IMAGENET_STD, PRESETS, AugmentConfig, Normalize, TrainAugment
-from networks import MODELS, build_criterion, build_model, default_pretrained
+from data.transforms import PRESETS, AugmentConfig, Normalize, TrainAugment
+from networks import (MODELS, TRUNKS, build_criterion, build_model, default_input, default_pretrained,
+                      min_input_size)
 from networks.fuse import group_heads
 from utils.checkpoint import load_checkpoint, load_state_strict
 from utils.distributed import cleanup, init_distributed
@@ -45,7 +46,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=number(int, 1), default=None,
                    help=f"default {DEFAULT_EPOCHS}; with --resume, the run's own")
     p.add_argument("--batch-size", type=number(int, 1), default=256, help="per process")
-    p.add_argument("--img-size", type=number(int, 32), default=224, help="the backbones downsample 32x")
+    p.add_argument("--img-size", type=number(int, 32), default=None,
+                   help="input side; default the trunk's own: 224 (ResNet-18, EfficientNet-B3), 150 (face_resnet)")
+    p.add_argument("--trunk", default=None, choices=sorted(TRUNKS),
+                   help="DAN's trunk (default resnet18); face_resnet is dlib's face-recognition network, "
+                        "pretrained with the file python3 -m utils.convert --format faceapi-recognition writes")
     p.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"])
     p.add_argument("--lr", type=number(float, 0, low_open=True), default=None,
                    help="default 0.1 for sgd, 1e-4 for adam")
@@ -137,8 +142,16 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
             raise UserError(f"--data {folder}: no such folder")
     if args.epochs is None:
         args.epochs = DEFAULT_EPOCHS
+    if args.trunk is not None and args.model != "dan":
+        raise UserError(f"--trunk applies to --model dan; {args.model} has its own trunk "
+                        "(--model face_resnet is the plain classifier on the face_resnet trunk)")
+    if args.img_size is None:
+        args.img_size = default_input(args.model, args.trunk).img_size
+    if args.img_size < min_input_size(args.model, args.trunk):
+        raise UserError(f"--img-size {args.img_size} is too small for the {args.trunk or args.model} trunk: "
+                        f"it takes at least {min_input_size(args.model, args.trunk)} pixels")
     if args.pretrained == "auto":
-        args.pretrained = default_pretrained(args.model, ROOT)
+        args.pretrained = default_pretrained(args.model, ROOT, args.trunk)
     elif args.pretrained == "none":
         args.pretrained = None
     if args.output is None:
@@ -312,6 +325,8 @@ def _train(args, device, dist_info) -> dict:
     model_args = {"num_classes": len(classes)}
     if args.model == "dan":
         model_args["num_heads"] = args.num_heads
+        if args.trunk not in (None, "resnet18"):
+            model_args["trunk"] = args.trunk  # absent for ResNet-18, as in files written before trunks
     fresh = resume is None and not args.init  # --init and --resume bring all the weights
     if args.pretrained and fresh:
         log.info("backbone weights: %s", args.pretrained)
@@ -336,8 +351,9 @@ def _train(args, device, dist_info) -> dict:
         raise UserError("the training split is smaller than one batch; lower --batch-size")
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, iters, args))
     scaler = torch.amp.GradScaler(device.type, enabled=precision.needs_scaler)
+    norm = default_input(args.model, args.trunk)
     meta = {"model": args.model, "model_args": model_args, "classes": classes, "img_size": args.img_size,
-            "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "grayscale": is_grayscale(train_set)}
+            "mean": list(norm.mean), "std": list(norm.std), "grayscale": is_grayscale(train_set)}
 
     start_epoch, best, best_epoch, history = 1, -1.0, 0, []
     if resume is not None:

@@ -12,20 +12,38 @@ from .efficientnet import EfficientNetB3
 from .fuse import fuse
 from .losses import CECriterion, DANCriterion, total_loss
 from .outputs import ModelOutput
-from .resnet import ResNet18
+from .resnet import FaceResNetClassifier, ResNet18
+from .trunks import IMAGENET_224, TRUNKS, InputConfig
 
 MODELS: Dict[str, Callable[..., nn.Module]] = {
     "dan": DAN,
     "efficientnet_b3": EfficientNetB3,
+    "face_resnet": FaceResNetClassifier,
     "resnet18": ResNet18,
 }
-
+# The trunk of each model that has one of networks.trunks (DAN's is its `trunk` argument).
+MODEL_TRUNKS = {"dan": "resnet18", "resnet18": "resnet18", "face_resnet": "face_resnet"}
+# timm's efficientnet_b3 was trained at 300 px but this project trains it at 224 like the others.
+OTHER_INPUTS = {"efficientnet_b3": IMAGENET_224}
 # Where a backbone file is looked for when --pretrained is not given (relative to the repo root).
-DEFAULT_PRETRAINED = {
-    "dan": ["Data/resnet18_msceleb.pth", "Data/resnet18.pth"],
-    "resnet18": ["Data/resnet18_msceleb.pth", "Data/resnet18.pth"],
-    "efficientnet_b3": ["Data/efficientnet_b3.pth", "Data/efficientnet_b3_ra2-cf984f9c.pth"],
-}
+OTHER_PRETRAINED = {"efficientnet_b3": ("Data/efficientnet_b3.pth", "Data/efficientnet_b3_ra2-cf984f9c.pth")}
+
+
+def model_trunk(name: str, trunk: Optional[str] = None) -> Optional[str]:
+    """The trunk of model `name` (DAN's `trunk` argument when given), or None for EfficientNet."""
+    return trunk or MODEL_TRUNKS.get(name)
+
+
+def min_input_size(name: str, trunk: Optional[str] = None) -> int:
+    """The smallest input side model `name` (with DAN's `trunk`) takes."""
+    found = model_trunk(name, trunk)
+    return TRUNKS[found].min_size if found else 32
+
+
+def default_input(name: str, trunk: Optional[str] = None) -> InputConfig:
+    """The input size and normalisation model `name` is trained with unless told otherwise."""
+    found = model_trunk(name, trunk)
+    return TRUNKS[found].input if found else OTHER_INPUTS[name]
 
 
 def build_model(name: str, num_classes: int, pretrained: Optional[str] = None, **options) -> nn.Module:
@@ -76,6 +94,8 @@ def load_backbone(model: nn.Module, path: str) -> None:
 
     DAN and ResNet18 take a torchvision ResNet-18 state dict (for example the MS-Celeb-1M
     `resnet18_msceleb.pth`, whose `state_dict` uses torchvision's names); its `fc.*` is ignored.
+    DAN with the face_resnet trunk, and FaceResNetClassifier, take the trunk written by
+    `python3 -m utils.convert --format faceapi-recognition`; its embedding layer `fc.*` is ignored.
     EfficientNet-B3 takes a timm `efficientnet_b3` state dict; its `classifier.*` is ignored.
 
     Raises:
@@ -107,9 +127,10 @@ def short_keys(keys, limit: int = 6) -> str:
     return ", ".join(keys[:limit]) + more
 
 
-def default_pretrained(name: str, root: Path) -> Optional[str]:
-    """The conventional backbone file under Data/ for this model, if present."""
-    for rel in DEFAULT_PRETRAINED.get(name, []):
+def default_pretrained(name: str, root: Path, trunk: Optional[str] = None) -> Optional[str]:
+    """The conventional backbone file under Data/ for this model (and DAN trunk), if present."""
+    found = model_trunk(name, trunk)
+    for rel in TRUNKS[found].pretrained if found else OTHER_PRETRAINED.get(name, ()):
         if (root / rel).is_file():
             return str(root / rel)
     return None
@@ -121,5 +142,6 @@ def load_model(path, device="cpu"):
     return _load(path, device)
 
 
-__all__ = ["MODELS", "ModelOutput", "build_model", "build_criterion", "load_backbone", "load_model",
-           "default_pretrained", "total_loss", "DAN", "EfficientNetB3", "ResNet18", "fuse"]
+__all__ = ["MODELS", "TRUNKS", "ModelOutput", "build_model", "build_criterion", "load_backbone", "load_model",
+           "default_input", "default_pretrained", "min_input_size", "model_trunk", "total_loss", "DAN", "EfficientNetB3",
+           "FaceResNetClassifier", "ResNet18", "fuse"]

@@ -1,17 +1,18 @@
 """DAN: Distract your Attention Network (Wen et al., arXiv 2109.07270).
 
-A ResNet-18 trunk feeds N cross-attention heads; each head is spatial attention followed by
+A trunk (ResNet-18 as in the paper, or dlib's face-recognition ResNet: `networks.trunks`) feeds
+N cross-attention heads, which take their channel count C from it; each head is spatial attention followed by
 channel attention. The head vectors are fused (log-softmax over heads, then summed) and
 classified by a linear layer with BatchNorm on the logits, as the paper's reference code does.
 """
-from collections import OrderedDict
-
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models import resnet18
+
+from utils.errors import UserError
 
 from .outputs import ModelOutput
+from .trunks import TRUNKS
 
 
 def conv_bn(in_ch: int, out_ch: int, kernel_size, padding) -> nn.Sequential:
@@ -84,14 +85,11 @@ def _init_head_weights(m: nn.Module) -> None:
         nn.init.zeros_(m.bias)
 
 
-# ResNet-18's children up to layer4, in order: the trunk's module names (torchvision's).
-TRUNK_LAYERS = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
-
-
-def resnet18_trunk() -> nn.Sequential:
-    """torchvision's ResNet-18 without average pool and fc; keys keep torchvision's names."""
-    net = resnet18(weights=None)
-    return nn.Sequential(OrderedDict((name, getattr(net, name)) for name in TRUNK_LAYERS))
+def build_trunk(name: str) -> nn.Module:
+    """A fresh trunk by its `networks.trunks.TRUNKS` name."""
+    if name not in TRUNKS:
+        raise UserError(f"unknown trunk {name!r}; choose one of {', '.join(TRUNKS)}")
+    return TRUNKS[name].build()
 
 
 class DAN(nn.Module):
@@ -100,29 +98,31 @@ class DAN(nn.Module):
     Args:
         num_classes: number of expression classes C.
         num_heads: number of cross-attention heads N.
+        trunk: a `networks.trunks.TRUNKS` name; the heads and features have its channel count.
     """
 
-    def __init__(self, num_classes: int = 7, num_heads: int = 4):
+    def __init__(self, num_classes: int = 7, num_heads: int = 4, trunk: str = "resnet18"):
         super().__init__()
         if num_heads < 1:
             raise ValueError(f"num_heads must be at least 1, got {num_heads}")
         self.num_classes = num_classes
         self.num_heads = num_heads
-        self.trunk = resnet18_trunk()
-        self.num_features = self.trunk.layer4[-1].bn2.num_features  # 512
+        self.trunk_name = trunk
+        self.trunk = build_trunk(trunk)
+        self.num_features = TRUNKS[trunk].channels  # 512 for ResNet-18
         self.heads = nn.ModuleList(CrossAttentionHead(self.num_features) for _ in range(num_heads))
         self.fc = nn.Linear(self.num_features, num_classes)
         self.bn = nn.BatchNorm1d(num_classes)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, S, S) -> trunk map (B, 512, S/32, S/32)."""
+        """(B, 3, S, S) -> trunk map (B, C, H, W): (B, 512, S/32, S/32) for ResNet-18."""
         return self.trunk(x)
 
     def forward_head(self, fmap: torch.Tensor) -> ModelOutput:
-        """Trunk map (B, 512, H, W) -> ModelOutput (logits (B, C), features (B, 512),
-        heads (B, N, 512), attention (B, N, H, W))."""
+        """Trunk map (B, C, H, W) -> ModelOutput (logits (B, classes), features (B, C),
+        heads (B, N, C), attention (B, N, H, W))."""
         vectors, maps = zip(*(head(fmap) for head in self.heads))
-        heads = torch.stack(vectors, dim=1)  # (B, N, 512)
+        heads = torch.stack(vectors, dim=1)  # (B, N, C)
         if self.num_heads > 1:
             heads = F.log_softmax(heads, dim=1)
         logits = self.bn(self.fc(heads.sum(dim=1)))

@@ -23,6 +23,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .dan import DAN
+from .face_resnet import fold_scales
 from .outputs import ModelOutput
 
 Foldable = Union[nn.Conv1d, nn.Conv2d, nn.Linear]
@@ -77,6 +78,8 @@ def fold_batchnorms(model: nn.Module) -> nn.Module:
     modules are called. A module called more than once is left alone.
     """
     model.eval()
+    if not any(_foldable_batchnorm(m) for m in model.modules()):
+        return model  # nothing to fold (the face_resnet trunk, whose shape-dependent padding fx cannot trace)
     graph = _Tracer().trace(model)
     modules = dict(model.named_modules())
     calls: Dict[str, int] = {}
@@ -126,7 +129,7 @@ class FusedDAN(nn.Module):
         super().__init__()
         n, c = dan.num_heads, dan.num_features
         self.num_classes, self.num_heads, self.num_features = dan.num_classes, n, c
-        self.trunk = fold_batchnorms(copy.deepcopy(dan.trunk))
+        self.trunk = fold_scales(fold_batchnorms(copy.deepcopy(dan.trunk)))
         spatial = [head.spatial for head in dan.heads]
         reduce = [_folded_conv_bn(s.conv1x1) for s in spatial]
         mid = reduce[0].out_channels
@@ -183,12 +186,13 @@ def fuse(model: nn.Module) -> nn.Module:
     """An inference copy of `model` with every BatchNorm folded away (eval mode; `model` is untouched).
 
     DAN (and GroupedDAN) become a FusedDAN (see its docstring); other models (ResNet18,
-    EfficientNetB3) keep their class with each BatchNorm folded into the layer before it. The
+    EfficientNetB3, FaceResNetClassifier) keep their class with each BatchNorm, and each scale
+    layer of the face_resnet trunk, folded into the layer before it. The
     outputs equal the original's in eval mode up to float rounding.
     """
     if isinstance(model, DAN):
         return FusedDAN(model)
-    return fold_batchnorms(copy.deepcopy(model))
+    return fold_scales(fold_batchnorms(copy.deepcopy(model)))
 
 
 def _batch_norm(x: torch.Tensor, bns: Sequence[_BatchNorm], training: bool) -> torch.Tensor:
@@ -258,6 +262,6 @@ class GroupedDAN(DAN):
 
 def group_heads(model: DAN) -> GroupedDAN:
     """A GroupedDAN with `model`'s weights, buffers, mode, device and dtype (build the optimiser afterwards)."""
-    grouped = GroupedDAN(model.num_classes, model.num_heads).to(model.fc.weight)
+    grouped = GroupedDAN(model.num_classes, model.num_heads, model.trunk_name).to(model.fc.weight)
     grouped.load_state_dict(model.state_dict())
     return grouped.train(model.training)

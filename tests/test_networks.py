@@ -2,7 +2,7 @@ import pytest
 import torch
 import torchvision
 
-from networks import MODELS, build_criterion, build_model, load_backbone
+from networks import MODELS, build_criterion, build_model, load_backbone, min_input_size
 from networks.dan import DAN
 from utils.errors import UserError
 
@@ -57,7 +57,8 @@ def test_dan_head_initialisation():
 @pytest.mark.parametrize("num_classes", [6, 8])
 def test_every_model_runs_on_random_input(name, num_classes):
     model = build_model(name, num_classes=num_classes).train()
-    out = model(torch.randn(2, 3, 64, 64))
+    size = max(64, min_input_size(name))
+    out = model(torch.randn(2, 3, size, size))
     assert out.logits.shape == (2, num_classes)
     assert out.features.shape == (2, model.num_features)
     assert torch.isfinite(out.logits).all()

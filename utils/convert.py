@@ -24,10 +24,11 @@ from torch import nn
 from data.classes import normalize_class_name
 from data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from networks import build_model, short_keys
-from networks.dan import TRUNK_LAYERS
+from networks.trunks import TRUNK_LAYERS
 from utils.checkpoint import FORMAT, save_checkpoint, save_safetensors, why_unloadable
 from utils.errors import UserError, run_cli
 from utils.export_onnx import file_digest
+from utils.faceapi import convert_faceapi
 from utils.misc import setup_logging
 
 log = logging.getLogger("convert")
@@ -59,6 +60,7 @@ FORMATS: Dict[str, Release] = {
     "emotion-recognition-dan": Release(EMOTION_RECOGNITION_ORDER, "hyunyongPark/Emotion-Recognition: DAN_best.pth"),
     "msceleb-resnet18": Release(RAFDB_ORDER, "yaoing/DAN: resnet18_msceleb.pth", backbone_only=True),
 }
+FACEAPI_FORMAT = "faceapi-recognition"
 IMG_SIZE = 224  # all of these were trained on 224x224 crops with ImageNet normalisation
 
 # The reference DAN keeps ResNet-18's children in an nn.Sequential called `features`:
@@ -232,7 +234,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Convert published DAN weights to this project's checkpoint format.",
                                 epilog=f"formats and their files: {formats}")
     p.add_argument("--src", required=True, help="the downloaded file")
-    p.add_argument("--format", required=True, choices=list(FORMATS), help="which published file --src is")
+    p.add_argument("--format", required=True, choices=[*FORMATS, FACEAPI_FORMAT],
+                   help=f"which published file --src is; {FACEAPI_FORMAT}: face-api's face-recognition network "
+                        "(the npm tarball, its model/ folder or the manifest), written as a trunk for "
+                        "train.py --trunk face_resnet --pretrained")
     p.add_argument("--dst", required=True, help="output: .safetensors (shipped model) or .pth (checkpoint)")
     p.add_argument("--classes", nargs="+", default=None,
                    help="msceleb-resnet18 only: class names of the untrained classifier "
@@ -246,6 +251,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> Dict[str, Any]:
     setup_logging()
+    if args.format == FACEAPI_FORMAT:
+        return convert_trunk(args)
     meta = convert(args.src, args.format, args.dst, args.classes, args.num_heads, args.half, args.seed)
     untrained = ("; its heads are untrained (to train, give the original file to train.py --pretrained)"
                  if FORMATS[args.format].backbone_only else "")
@@ -264,6 +271,20 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
                  "near chance)", args.format, release.origin, args.dst, expected)
     log.info("next: python3 predict.py --checkpoint %s --params PHOTO, or python3 test.py --checkpoint %s "
              "--data DIR", args.dst, args.dst)
+    return meta
+
+
+def convert_trunk(args: argparse.Namespace) -> Dict[str, Any]:
+    """--format faceapi-recognition: write the face-recognition trunk (float32, with its embedding layer)."""
+    if args.classes is not None or args.num_heads is not None or args.half:
+        raise UserError(f"--classes, --num-heads and --half do not apply to {FACEAPI_FORMAT}: it writes a trunk "
+                        "(float32, so that it reproduces face-api's embeddings)")
+    meta = convert_faceapi(args.src, args.dst)
+    log.info("wrote %s: dlib's face-recognition ResNet from %s, %dx%d RGB input, float32; licence: %s",
+             args.dst, meta["converted_from"]["file"], meta["img_size"], meta["img_size"],
+             meta["converted_from"]["licence"])
+    log.info("next: python3 train.py --model dan --trunk face_resnet --pretrained %s --img-size %d ...",
+             args.dst, meta["img_size"])
     return meta
 
 
