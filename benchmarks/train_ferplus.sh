@@ -4,13 +4,18 @@
 #
 #   bash benchmarks/train_ferplus.sh [OUT]      # OUT default runs; about 35 + 30 minutes on 2 CPU cores
 #
+# START sets where the weights start (default: the FER2013 model at 112 px); the face-trunk runs of
+# docs/training.md use the same data and schedule from dlib's face-recognition trunk:
+#   START="--trunk face_resnet --pretrained Data/face_resnet_faceapi.safetensors" bash benchmarks/train_ferplus.sh runs/face_pre
+#   START="--trunk face_resnet --pretrained none" bash benchmarks/train_ferplus.sh runs/face_rand
+#
 # Needs Data/ckplus48_v1t0 (see benchmarks/recipe_trials.sh for the data.prepare command).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs}
 FERPLUS=${FERPLUS:-../shared/data/ferplus}
 CKPLUS=${CKPLUS:-Data/ckplus48_v1t0}
-RECIPE=(--init Data/dan_fer2013.safetensors --img-size 112 --epochs 2 --batch-size 64 --optimizer sgd --lr 0.01
+RECIPE=(${START:---init Data/dan_fer2013.safetensors --img-size 112} --epochs 2 --batch-size 64 --optimizer sgd --lr 0.01
         --sched cosine --warmup-epochs 0.2 --aug fer --select source-mean --cache yes --seed 0 ${EXTRA:-})
 run() {
   local out=$1; shift

@@ -9,6 +9,7 @@ from utils.errors import UserError
 
 from .dan import DAN
 from .efficientnet import EfficientNetB3
+from .face_resnet import FaceResNetTrunk, fold_scales
 from .fuse import fuse
 from .losses import CECriterion, DANCriterion, total_loss
 from .outputs import ModelOutput
@@ -117,6 +118,8 @@ def load_backbone(model: nn.Module, path: str) -> None:
     if wrong:
         raise UserError(f"{path}: shape mismatch for {short_keys(wrong)}")
     target.load_state_dict(state, strict=False)
+    if isinstance(target, FaceResNetTrunk):
+        fold_scales(target, drop=False)  # the parametrisation that fine-tunes stably (see fold_scales)
 
 
 def short_keys(keys, limit: int = 6) -> str:

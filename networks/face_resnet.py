@@ -128,17 +128,29 @@ class FaceResNetTrunk(nn.Sequential):
                 nn.init.zeros_(m.conv2.scale.weight)
 
 
-def fold_scales(module: nn.Module) -> nn.Module:
-    """Fold, in place, each ConvScale's scale into its convolution (eval-time speed; same outputs):
-    s * (W x + b) + t = (s W) x + (s b + t). Computed in float64. Returns `module`."""
+def fold_scales(module: nn.Module, drop: bool = True) -> nn.Module:
+    """Fold, in place, each ConvScale's scale into its convolution: s * (W x + b) + t = (s W) x + (s b + t),
+    computed in float64; the outputs stay the same. Returns `module`.
+
+    drop=True (inference) removes the scale layers. drop=False keeps them as trainable identities
+    (weight 1, bias 0), the form to fine-tune the converted weights in: dlib's folded batch norms
+    leave tiny convolution weights (std 0.001-0.02) behind scales of 3 to 23, so that a step on the
+    unfolded weights is s^2 (10 to 500) times larger relative to them, and SGD at a learning rate
+    that suits the heads diverges.
+    """
     for m in module.modules():
         if isinstance(m, ConvScale) and isinstance(m.scale, Scale):
             s, t = m.scale.weight.detach().double(), m.scale.bias.detach().double()
             w, b = m.conv.weight.detach().double(), m.conv.bias.detach().double()
             dtype = m.conv.weight.dtype
-            m.conv.weight = nn.Parameter((w * s.view(-1, 1, 1, 1)).to(dtype))
-            m.conv.bias = nn.Parameter((b * s + t).to(dtype))
-            m.scale = nn.Identity()
+            with torch.no_grad():
+                m.conv.weight.copy_((w * s.view(-1, 1, 1, 1)).to(dtype))
+                m.conv.bias.copy_((b * s + t).to(dtype))
+                if drop:
+                    m.scale = nn.Identity()
+                else:
+                    m.scale.weight.fill_(1.0)
+                    m.scale.bias.zero_()
     return module
 
 
