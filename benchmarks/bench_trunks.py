@@ -70,7 +70,7 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=200)
     args = p.parse_args()
     torch.manual_seed(0)
-    print(f"| model | MACs per face | params | " + " | ".join(f"ORT {t} thread(s): median (p10-p90) ms"
+    print("| model | MACs per face | params | " + " | ".join(f"ORT {t} thread(s): median (p10-p90) ms"
                                                            for t in args.threads) + " |")
     print("| --- | --- | --- | " + " | ".join("---" for _ in args.threads) + " |")
     with tempfile.TemporaryDirectory() as tmp:

@@ -4,8 +4,6 @@ Every dataset is stored with these folder names, so datasets merge by name and a
 checkpoint's class list means the same thing whatever it was trained on.
 """
 
-CANONICAL_CLASSES = ("angry", "contempt", "disgust", "fear", "happy", "neutral", "sad", "surprise")
-
 _SYNONYMS = {
     "anger": "angry",
     "angry": "angry",

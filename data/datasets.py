@@ -16,16 +16,15 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from data.prepare.common import MANIFEST, split_source_prefix
 from utils.errors import UserError
 
 from .classes import normalize_class_name
-from .images import decode_image, is_image_file
+from .images import decode_image
+from .layout import MANIFEST, is_image_file, split_source_prefix
 from .votes import VOTES, majority_agreement, read_votes, soft_targets
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
 
 
 @dataclass(frozen=True)

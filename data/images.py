@@ -8,12 +8,7 @@ from PIL import Image, ImageOps
 
 from utils.errors import UserError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 MAX_PIXELS = 50_000_000  # refuse decompression bombs well before they exhaust memory
-
-
-def is_image_file(path: Union[str, Path]) -> bool:
-    return str(path).lower().endswith(IMAGE_EXTENSIONS)
 
 
 class ImageTooLarge(UserError):

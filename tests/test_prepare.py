@@ -352,7 +352,7 @@ def test_ferplus_majority_protocol_splits_votes_and_drops(tmp_path, options, kep
 
 
 def test_ferplus_votes_train_as_distributions(tmp_path):
-    from data.classes import CANONICAL_CLASSES
+    CANONICAL_CLASSES = ("angry", "contempt", "disgust", "fear", "happy", "neutral", "sad", "surprise")
     from data.datasets import FaceFolder
     fer, votes = _ferplus_release(tmp_path / "release")
     _prepare("ferplus", "--src", fer, "--votes", votes, "--dst", tmp_path / "out")
@@ -768,3 +768,23 @@ def test_shared_fer2013_audit_finds_the_copies_of_val_in_train(fer2013_audit):
     assert report["cross_split_duplicates"] >= report["cross_split_exact"]
     assert report["leaks"] and not report["unreadable"]
     assert seconds < 60
+
+
+def test_every_extension_prepare_copies_is_loaded_by_face_folder(tmp_path):
+    """One extension list (data.layout) for the writer and the reader: a .pgm or .gif face that
+    data.prepare copies is a face FaceFolder loads."""
+    from data.datasets import FaceFolder
+    from data.layout import IMAGE_EXTENSIONS
+
+    src = tmp_path / "faces" / "train"
+    for label in ("happy", "sad"):
+        for ext in IMAGE_EXTENSIONS:
+            _image(src / label / f"{label}_{ext[1:]}{ext}", mode="L" if ext == ".pgm" else "RGB")
+    (src / "happy" / "notes.txt").write_text("not an image")
+    dst = tmp_path / "prepared"
+    assert _prepare("folder", "--src", tmp_path / "faces", "--dst", dst, "--test-fraction", "0",
+                    "--val-fraction", "0.2") == 0
+    written = sorted(p.suffix for p in dst.rglob("*") if p.is_file() and p.parent.parent.name in ("train", "val"))
+    assert sorted(set(written)) == sorted(IMAGE_EXTENSIONS)
+    loaded = len(FaceFolder([dst], "train", 32)) + len(FaceFolder([dst], "val", 32))
+    assert loaded == len(written) == 2 * len(IMAGE_EXTENSIONS)

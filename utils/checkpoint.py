@@ -6,7 +6,7 @@ A training checkpoint (`.pth`) is a plain dict of tensors, numbers, strings and 
      "meta": {"model": "dan", "model_args": {...}, "classes": [...], "img_size": 224,
               "mean": [...], "std": [...]},
      "state_dict": ..., "criterion": ..., "optimizer": ..., "scheduler": ..., "scaler": ...,
-     "epoch": int, "best_metric": float, "best_epoch": int, "rng": {...}, "args": {...}}
+     "epoch": int, "best_metric": float, "best_epoch": int, "history": [...], "args": {...}}
 
 A shipped model (`.safetensors`) holds the weights (fp16 or fp32) and the same "meta" as
 JSON in the safetensors header. Both are loaded by `load_model`.

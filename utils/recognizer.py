@@ -18,7 +18,7 @@ from PIL import Image
 
 from data.images import MAX_PIXELS, decode_image
 from utils.errors import UserError, first_line
-from utils.faces import Detection, build_detector, crop_face, normalize, resize_faces, wants_grayscale
+from utils.faces import build_detector, crop_face, normalize, resize_faces, wants_grayscale
 from utils.paths import DEFAULT_MODEL as DEFAULT_CHECKPOINT
 from utils.paths import ROOT
 BACKENDS = ("auto", "onnx", "torch")
@@ -207,9 +207,6 @@ class EmotionRecognizer:
         if isinstance(image, Image.Image):
             return np.asarray(image.convert("RGB"))
         return np.asarray(decode_image(image, self.max_pixels))
-
-    def detect(self, image: ImageLike) -> List[Detection]:
-        return self.detector(self.load(image))
 
     def classify(self, faces: np.ndarray) -> Tuple[np.ndarray, Optional[np.ndarray]]:
         """uint8 (B, S, S, 3) faces at the model's size -> (probabilities (B, C), attention (B, N, h, w) or None)."""

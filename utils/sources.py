@@ -13,7 +13,8 @@ from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
-from data.images import MAX_PIXELS, decode_image, is_image_file
+from data.images import MAX_PIXELS, decode_image
+from data.layout import is_image_file
 from utils.errors import UserError
 from utils.fetch import FetchLimits, fetch_image, is_url
 

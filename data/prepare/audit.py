@@ -23,7 +23,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from data.prepare.common import SPLITS, image_files, read_manifest, split_source_prefix, sub_folders
+from data.layout import SPLITS, split_source_prefix
+from data.prepare.common import image_files, read_manifest, sub_folders
 from data.prepare.folder import compile_subject_regex, subject_of
 from utils.errors import UserError
 

@@ -19,16 +19,12 @@ from typing import Callable, Optional
 from PIL import Image
 from tqdm import tqdm
 
+from data.layout import MANIFEST, MANIFEST_COLUMNS, is_image_file
 from data.votes import VOTES
 from utils.errors import UserError
 
 log = logging.getLogger("data.prepare")
 
-SPLITS = ("train", "val", "test")
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
-MANIFEST = "manifest.csv"
-MANIFEST_COLUMNS = ("path", "class", "split", "source", "subject", "original")
-SOURCE_SEPARATOR = "__"
 # How many skipped items are logged one by one before the rest are only counted.
 _LOGGED_PROBLEMS = 20
 # Crops that must be re-encoded as JPEG (AffectNet) keep most of their detail at this quality.
@@ -107,15 +103,6 @@ class Problems:
         return "\n".join(lines)
 
 
-def split_source_prefix(name: str) -> tuple[str, str]:
-    """(source, rest) of a merged dataset's file name `<source>__<rest>`, else ("", name).
-
-    source_name never lets the separator into a source, so the first one ends it.
-    """
-    source, separator, rest = name.partition(SOURCE_SEPARATOR)
-    return (source, rest) if separator and source else ("", name)
-
-
 def source_name(text: str) -> str:
     """A name usable as a file-name prefix: lower case, [a-z0-9_+-], no '__' inside."""
     name = re.sub(r"[^a-z0-9_+-]+", "_", text.strip().lower())
@@ -139,7 +126,7 @@ def find_file(root: Path, candidates: list[str], what: str) -> Path:
 def image_files(folder: Path) -> list[Path]:
     """Image files under `folder` (any depth), sorted, hidden files left out."""
     return sorted(p for p in folder.rglob("*")
-                  if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                  if is_image_file(p) and p.is_file()
                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Optional
 
 from data.classes import normalize_class_name
-from data.prepare.common import (SOURCE_SEPARATOR, SPLITS, Problems, Sample, image_files, read_manifest,
-                                 source_name, sub_folders)
+from data.layout import SOURCE_SEPARATOR, SPLITS
+from data.prepare.common import Problems, Sample, image_files, read_manifest, source_name, sub_folders
 from data.votes import VOTES, read_votes
 from utils.errors import UserError
 
