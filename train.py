@@ -19,7 +19,7 @@ from data.loading import Batches, ShardedSampler, TensorCache, balanced_weights,
 from data.transforms import PRESETS, AugmentConfig, Normalize, TrainAugment
 from networks import (MODELS, TRUNKS, build_criterion, build_model, default_input, default_pretrained,
                       min_input_size)
-from networks.fuse import group_heads
+from networks.dan import group_heads
 from utils.checkpoint import load_checkpoint, load_state_strict
 from utils.distributed import cleanup, init_distributed
 from utils.engine import BatchMix, Precision, TrainStep, evaluate, nonfinite_tensor, train_one_epoch

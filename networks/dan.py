@@ -1,13 +1,17 @@
-"""DAN: Distract your Attention Network (Wen et al., arXiv 2109.07270).
+"""DAN: Distract your Attention Network (Wen et al., arXiv 2109.07270), and GroupedDAN, the same
+model with its heads run together for training on a GPU.
 
 A trunk (ResNet-18 as in the paper, or dlib's face-recognition ResNet: `networks.trunks`) feeds
 N cross-attention heads, which take their channel count C from it; each head is spatial attention followed by
 channel attention. The head vectors are fused (log-softmax over heads, then summed) and
 classified by a linear layer with BatchNorm on the logits, as the paper's reference code does.
 """
+from typing import Callable, Optional, Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from utils.errors import UserError
 
@@ -85,6 +89,33 @@ def _init_head_weights(m: nn.Module) -> None:
         nn.init.zeros_(m.bias)
 
 
+def fuse_heads(heads: torch.Tensor, fc: nn.Module, bn: Optional[nn.Module] = None):
+    """DAN's fusion tail: head vectors (B, N, C) -> (log-softmax over the heads when N > 1, logits).
+
+    The heads are summed and classified by `fc`, then `bn` (None where it is folded into fc).
+    """
+    if heads.shape[1] > 1:
+        heads = F.log_softmax(heads, dim=1)
+    logits = fc(heads.sum(dim=1))
+    return heads, (bn(logits) if bn is not None else logits)
+
+
+def channel_gates(pooled: torch.Tensor, w_in: torch.Tensor, b_in: torch.Tensor, w_out: torch.Tensor,
+                  b_out: torch.Tensor, hidden_norm: Optional[Callable[[torch.Tensor], torch.Tensor]] = None):
+    """N heads' channel attention at once, as batched matrix products.
+
+    pooled (B, N, C) -> pooled * sigmoid(relu(norm(pooled W_in + b_in)) W_out + b_out), with
+    w_in (N, C, K), b_in (N, K), w_out (N, K, C), b_out (N, C): each head's ChannelAttention gate
+    (Linear, BatchNorm1d, ReLU, Linear, Sigmoid), its BatchNorm as `hidden_norm` ((B, N, K) ->
+    (B, N, K)) or folded into w_in and b_in.
+    """
+    hidden = torch.matmul(pooled.unsqueeze(2), w_in).squeeze(2) + b_in  # (B, N, K)
+    if hidden_norm is not None:
+        hidden = hidden_norm(hidden)
+    gate = torch.sigmoid(torch.matmul(F.relu(hidden).unsqueeze(2), w_out).squeeze(2) + b_out)
+    return pooled * gate  # (B, N, C)
+
+
 def build_trunk(name: str) -> nn.Module:
     """A fresh trunk by its `networks.trunks.TRUNKS` name."""
     if name not in TRUNKS:
@@ -122,11 +153,79 @@ class DAN(nn.Module):
         """Trunk map (B, C, H, W) -> ModelOutput (logits (B, classes), features (B, C),
         heads (B, N, C), attention (B, N, H, W))."""
         vectors, maps = zip(*(head(fmap) for head in self.heads))
-        heads = torch.stack(vectors, dim=1)  # (B, N, C)
-        if self.num_heads > 1:
-            heads = F.log_softmax(heads, dim=1)
-        logits = self.bn(self.fc(heads.sum(dim=1)))
+        heads, logits = fuse_heads(torch.stack(vectors, dim=1), self.fc, self.bn)
         return ModelOutput(logits, fmap.mean(dim=(2, 3)), heads, torch.cat(maps, dim=1))
 
     def forward(self, x: torch.Tensor) -> ModelOutput:
         return self.forward_head(self.forward_features(x))
+
+
+def _batch_norm(x: torch.Tensor, bns: Sequence[_BatchNorm], training: bool) -> torch.Tensor:
+    """x (B, N*K, ...) through N BatchNorms of K channels each, as one call.
+
+    In training, each BatchNorm's running statistics and batch count are updated as its own
+    forward would update them.
+    """
+    mean = torch.cat([bn.running_mean for bn in bns])
+    var = torch.cat([bn.running_var for bn in bns])
+    weight = torch.cat([bn.weight for bn in bns])
+    bias = torch.cat([bn.bias for bn in bns])
+    y = F.batch_norm(x, mean, var, weight, bias, training, bns[0].momentum, bns[0].eps)
+    if training:  # F.batch_norm updated the concatenated copies: hand each BatchNorm its part
+        with torch.no_grad():
+            for bn, m, v in zip(bns, mean.chunk(len(bns)), var.chunk(len(bns))):
+                bn.running_mean.copy_(m)
+                bn.running_var.copy_(v)
+                bn.num_batches_tracked.add_(1)
+    return y
+
+
+def _grouped_conv_bn(x: torch.Tensor, blocks: Sequence[nn.Sequential], training: bool) -> torch.Tensor:
+    """N conv_bn blocks on x as one grouped convolution and one BatchNorm call.
+
+    x is (B, Cin, H, W) read by every block when the blocks' input is Cin channels, else
+    (B, N*Cin, H, W) with block i reading slice i.
+    """
+    convs = [block[0] for block in blocks]
+    groups = x.shape[1] // convs[0].in_channels
+    y = F.conv2d(x, torch.cat([conv.weight for conv in convs]), torch.cat([conv.bias for conv in convs]),
+                 padding=convs[0].padding, groups=groups)
+    return _batch_norm(y, [block[1] for block in blocks], training)
+
+
+class GroupedDAN(DAN):
+    """DAN with its heads run together, for training on a GPU; same parameters and state dict.
+
+    The heads' weights are concatenated at each forward (so gradients reach each head's own
+    parameters) and run as: one 1x1 convolution for every head, one grouped convolution per kernel
+    shape (3x3, 1x3, 3x1; groups = N), one BatchNorm call per stage, batched matrix products for
+    channel attention: the heads' 4N convolutions become 4 and their 5N BatchNorms 5 calls. The
+    1x3 and 3x1 branches stay apart in training because each has its own batch statistics.
+    """
+
+    def forward_head(self, fmap: torch.Tensor) -> ModelOutput:
+        n, c = self.num_heads, self.num_features
+        b, _, h, w = fmap.shape
+        spatial = [head.spatial for head in self.heads]
+        gates = [head.channel.gate for head in self.heads]
+        y = _grouped_conv_bn(fmap, [s.conv1x1 for s in spatial], self.training)  # (B, N*256, H, W)
+        z = sum(_grouped_conv_bn(y, [getattr(s, name) for s in spatial], self.training)
+                for name in ("conv3x3", "conv1x3", "conv3x1"))
+        attention = F.relu(z).unflatten(1, (n, c)).sum(dim=2)  # (B, N, H, W)
+        pooled = attention.flatten(2) @ fmap.flatten(2).transpose(1, 2) / (h * w)  # (B, N, 512)
+
+        def hidden_norm(hidden):  # the gates' BatchNorm1d layers as one call
+            return _batch_norm(hidden.flatten(1), [g[1] for g in gates], self.training).view(b, n, -1)
+
+        heads = channel_gates(pooled, torch.stack([g[0].weight.t() for g in gates]),
+                              torch.stack([g[0].bias for g in gates]), torch.stack([g[3].weight.t() for g in gates]),
+                              torch.stack([g[3].bias for g in gates]), hidden_norm)
+        heads, logits = fuse_heads(heads, self.fc, self.bn)
+        return ModelOutput(logits, fmap.mean(dim=(2, 3)), heads, attention)
+
+
+def group_heads(model: DAN) -> GroupedDAN:
+    """A GroupedDAN with `model`'s weights, buffers, mode, device and dtype (build the optimiser afterwards)."""
+    grouped = GroupedDAN(model.num_classes, model.num_heads, model.trunk_name).to(model.fc.weight)
+    grouped.load_state_dict(model.state_dict())
+    return grouped.train(model.training)

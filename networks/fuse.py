@@ -9,12 +9,11 @@ linear layer before it. For DAN it also rewrites the heads (`FusedDAN`):
   grouped 3x3 convolution (groups = N) and batched matrix products for channel attention,
   in place of 4N convolutions and 2N linear layers called one after another.
 
-`GroupedDAN` is DAN for training with the heads run together the same way (grouped convolutions
-on the heads' concatenated weights, their BatchNorms as one call): same parameters, same state
-dict, same outputs, fewer and larger kernels, which is what a GPU needs.
+Its training counterpart, `networks.dan.GroupedDAN`, runs the heads together the same way
+and shares DAN's head arithmetic (`channel_gates`, `fuse_heads`).
 """
 import copy
-from typing import Dict, List, Sequence, Union
+from typing import Dict, List, Union
 
 import torch
 import torch.fx as fx
@@ -22,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .dan import DAN
+from .dan import DAN, channel_gates, fuse_heads
 from .face_resnet import fold_scales
 from .outputs import ModelOutput
 
@@ -171,12 +170,9 @@ class FusedDAN(nn.Module):
         attention = y.unflatten(1, (n, c)).sum(dim=2)  # (B, N, H, W)
         # mean over H, W of fmap * attention, for every head at once: (B, N, HW) @ (B, HW, 512)
         pooled = attention.flatten(2) @ fmap.flatten(2).transpose(1, 2) / (h * w)  # (B, N, 512)
-        hidden = F.relu(torch.matmul(pooled.unsqueeze(2), self.gate_in).squeeze(2) + self.gate_in_bias)  # (B, N, 32)
-        gate = torch.sigmoid(torch.matmul(hidden.unsqueeze(2), self.gate_out).squeeze(2) + self.gate_out_bias)
-        heads = pooled * gate  # (B, N, 512)
-        if n > 1:
-            heads = F.log_softmax(heads, dim=1)
-        return ModelOutput(self.fc(heads.sum(dim=1)), fmap.mean(dim=(2, 3)), heads, attention)
+        heads = channel_gates(pooled, self.gate_in, self.gate_in_bias, self.gate_out, self.gate_out_bias)
+        heads, logits = fuse_heads(heads, self.fc)
+        return ModelOutput(logits, fmap.mean(dim=(2, 3)), heads, attention)
 
     def forward(self, x: torch.Tensor) -> ModelOutput:
         return self.forward_head(self.forward_features(x))
@@ -193,75 +189,3 @@ def fuse(model: nn.Module) -> nn.Module:
     if isinstance(model, DAN):
         return FusedDAN(model)
     return fold_scales(fold_batchnorms(copy.deepcopy(model)))
-
-
-def _batch_norm(x: torch.Tensor, bns: Sequence[_BatchNorm], training: bool) -> torch.Tensor:
-    """x (B, N*K, ...) through N BatchNorms of K channels each, as one call.
-
-    In training, each BatchNorm's running statistics and batch count are updated as its own
-    forward would update them.
-    """
-    mean = torch.cat([bn.running_mean for bn in bns])
-    var = torch.cat([bn.running_var for bn in bns])
-    weight = torch.cat([bn.weight for bn in bns])
-    bias = torch.cat([bn.bias for bn in bns])
-    y = F.batch_norm(x, mean, var, weight, bias, training, bns[0].momentum, bns[0].eps)
-    if training:  # F.batch_norm updated the concatenated copies: hand each BatchNorm its part
-        with torch.no_grad():
-            for bn, m, v in zip(bns, mean.chunk(len(bns)), var.chunk(len(bns))):
-                bn.running_mean.copy_(m)
-                bn.running_var.copy_(v)
-                bn.num_batches_tracked.add_(1)
-    return y
-
-
-def _grouped_conv_bn(x: torch.Tensor, blocks: Sequence[nn.Sequential], training: bool) -> torch.Tensor:
-    """N conv_bn blocks on x as one grouped convolution and one BatchNorm call.
-
-    x is (B, Cin, H, W) read by every block when the blocks' input is Cin channels, else
-    (B, N*Cin, H, W) with block i reading slice i.
-    """
-    convs = [block[0] for block in blocks]
-    groups = x.shape[1] // convs[0].in_channels
-    y = F.conv2d(x, torch.cat([conv.weight for conv in convs]), torch.cat([conv.bias for conv in convs]),
-                 padding=convs[0].padding, groups=groups)
-    return _batch_norm(y, [block[1] for block in blocks], training)
-
-
-class GroupedDAN(DAN):
-    """DAN with its heads run together, for training on a GPU; same parameters and state dict.
-
-    The heads' weights are concatenated at each forward (so gradients reach each head's own
-    parameters) and run as: one 1x1 convolution for every head, one grouped convolution per kernel
-    shape (3x3, 1x3, 3x1; groups = N), one BatchNorm call per stage, batched matrix products for
-    channel attention: the heads' 4N convolutions become 4 and their 5N BatchNorms 5 calls. The
-    1x3 and 3x1 branches stay apart in training because each has its own batch statistics.
-    """
-
-    def forward_head(self, fmap: torch.Tensor) -> ModelOutput:
-        n, c = self.num_heads, self.num_features
-        b, _, h, w = fmap.shape
-        spatial = [head.spatial for head in self.heads]
-        gates = [head.channel.gate for head in self.heads]
-        y = _grouped_conv_bn(fmap, [s.conv1x1 for s in spatial], self.training)  # (B, N*256, H, W)
-        z = sum(_grouped_conv_bn(y, [getattr(s, name) for s in spatial], self.training)
-                for name in ("conv3x3", "conv1x3", "conv3x1"))
-        attention = F.relu(z).unflatten(1, (n, c)).sum(dim=2)  # (B, N, H, W)
-        pooled = attention.flatten(2) @ fmap.flatten(2).transpose(1, 2) / (h * w)  # (B, N, 512)
-        w_in = torch.stack([g[0].weight for g in gates])  # (N, 32, 512)
-        hidden = torch.einsum("bnc,nkc->bnk", pooled, w_in) + torch.stack([g[0].bias for g in gates])
-        hidden = F.relu(_batch_norm(hidden.flatten(1), [g[1] for g in gates], self.training)).view(b, n, -1)
-        w_out = torch.stack([g[3].weight for g in gates])  # (N, 512, 32)
-        gate = torch.sigmoid(torch.einsum("bnk,nck->bnc", hidden, w_out) + torch.stack([g[3].bias for g in gates]))
-        heads = pooled * gate  # (B, N, 512)
-        if n > 1:
-            heads = F.log_softmax(heads, dim=1)
-        logits = self.bn(self.fc(heads.sum(dim=1)))
-        return ModelOutput(logits, fmap.mean(dim=(2, 3)), heads, attention)
-
-
-def group_heads(model: DAN) -> GroupedDAN:
-    """A GroupedDAN with `model`'s weights, buffers, mode, device and dtype (build the optimiser afterwards)."""
-    grouped = GroupedDAN(model.num_classes, model.num_heads, model.trunk_name).to(model.fc.weight)
-    grouped.load_state_dict(model.state_dict())
-    return grouped.train(model.training)

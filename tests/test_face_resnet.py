@@ -18,7 +18,7 @@ import torch
 
 from networks import build_criterion, build_model, fuse
 from networks.face_resnet import MIN_INPUT_SIZE, FaceResNet, FaceResNetTrunk, Residual, fold_scales
-from networks.fuse import group_heads
+from networks.dan import group_heads
 from utils.convert import get_args_parser, main
 from utils.errors import UserError
 from utils.faceapi import (MANIFEST, convert_faceapi, decode_weights, embed, load_face_resnet, read_faces_png,

@@ -13,7 +13,8 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from networks import ModelOutput, build_model, fuse
-from networks.fuse import FusedDAN, GroupedDAN, fold_batchnorm, group_heads
+from networks.dan import GroupedDAN, group_heads
+from networks.fuse import FusedDAN, fold_batchnorm
 
 
 def randomize_batchnorms(model: nn.Module, x: torch.Tensor, seed: int = 0) -> nn.Module:

@@ -51,7 +51,7 @@ from data.datasets import FaceFolder
 from data.loading import Batches, ShardedSampler, TensorCache
 from data.transforms import PRESETS, Normalize, TrainAugment
 from networks import build_criterion, build_model, fuse, load_model
-from networks.fuse import group_heads
+from networks.dan import group_heads
 from utils.distributed import DistInfo
 from utils.engine import Precision, TrainStep, train_one_epoch
 from utils.errors import UserError, run_cli
