@@ -14,10 +14,10 @@ import sys
 import time
 
 from utils.errors import ArgumentParser, UserError, number, run_cli
-from utils.faces import DETECTORS
-from utils.fetch import add_limit_args, limits_from_args
-from utils.recognizer import BACKENDS, DEFAULT_CHECKPOINT, ROOT, EmotionRecognizer
-from utils.sources import Input, iter_inputs, record
+from utils.inference.detectors import DETECTORS
+from utils.inference.fetch import add_limit_args, limits_from_args
+from utils.inference.recognizer import BACKENDS, DEFAULT_CHECKPOINT, ROOT, EmotionRecognizer
+from utils.inference.sources import Input, iter_inputs, record
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -79,7 +79,7 @@ def main(args) -> int:
         raise UserError("--attention writes pictures: add --save-dir DIR")
     writer = None
     if args.save_dir:  # before the model loads: an unwritable folder is refused at once
-        from utils.annotate import AnnotationWriter
+        from utils.inference.annotate import AnnotationWriter
         writer = AnnotationWriter(args.save_dir, attention=args.attention)
     recognizer = EmotionRecognizer(
         args.checkpoint, device=args.device, backend=args.backend,

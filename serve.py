@@ -13,9 +13,9 @@ import socket
 import sys
 
 from utils.errors import ArgumentParser, UserError, number, run_cli
-from utils.faces import DETECTORS
-from utils.fetch import add_limit_args, limits_from_args
-from utils.recognizer import DEFAULT_CHECKPOINT, ROOT, EmotionRecognizer
+from utils.inference.detectors import DETECTORS
+from utils.inference.fetch import add_limit_args, limits_from_args
+from utils.inference.recognizer import DEFAULT_CHECKPOINT, ROOT, EmotionRecognizer
 
 
 def get_args_parser() -> argparse.ArgumentParser:

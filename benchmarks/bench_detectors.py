@@ -27,7 +27,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.photos import astronaut_640x480  # noqa: E402
-from utils.faces import build_detector  # noqa: E402
+from utils.inference.detectors import build_detector  # noqa: E402
 
 DETECTORS = ["haar", "haar-alt2", "mtcnn"]
 

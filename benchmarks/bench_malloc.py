@@ -1,5 +1,5 @@
 """What glibc malloc's defaults cost CPU training: step time and page faults with and without
-`utils.misc.keep_freed_memory` (train.py, test.py and utils.bench turn it on for the CPU).
+`utils.misc.keep_freed_memory` (train.py, test.py and benchmarks.bench turn it on for the CPU).
 
     python3 benchmarks/bench_malloc.py                      # DAN and ResNet-18 at 112 px, DAN and EfficientNet-B3 at 224
     python3 benchmarks/bench_malloc.py --setups dan:112 --rounds 5

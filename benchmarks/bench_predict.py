@@ -32,9 +32,9 @@ sys.path.insert(0, ".")
 import numpy, PIL.Image, cv2, onnxruntime
 t1 = time.perf_counter()
 import predict
-from utils.recognizer import EmotionRecognizer, OnnxRunner
-from utils.export_onnx import cached_onnx
-from utils.faces import build_detector
+from utils.inference.recognizer import EmotionRecognizer, OnnxRunner
+from utils.inference.export import cached_onnx
+from utils.inference.detectors import build_detector
 t2 = time.perf_counter()
 onnx_path = cached_onnx(sys.argv[1])
 t3 = time.perf_counter()
@@ -102,9 +102,9 @@ def latency(checkpoint: str, photo: str, detector: str, runs: int, threads: int,
     import numpy as np
 
     import predict
-    from utils.faces import crop_face, normalize, resize_faces
-    from utils.recognizer import EmotionRecognizer
-    from utils.sources import Input
+    from utils.inference.faces import crop_face, normalize, resize_faces
+    from utils.inference.recognizer import EmotionRecognizer
+    from utils.inference.sources import Input
 
     recognizer = EmotionRecognizer(checkpoint, detector=detector, threads=threads, detector_options=detector_options)
     encoded = Path(photo).read_bytes()

@@ -28,7 +28,7 @@ from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 from networks import build_criterion, build_model  # noqa: E402
 from networks.losses import total_loss  # noqa: E402
-from utils.bench import _timed  # noqa: E402
+from benchmarks.bench import _timed  # noqa: E402
 from utils.engine import TrainStep  # noqa: E402
 from utils.misc import keep_freed_memory  # noqa: E402
 

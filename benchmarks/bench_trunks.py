@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from networks import build_model, fuse  # noqa: E402
-from utils.bench import export_onnx, ort_session  # noqa: E402
+from benchmarks.bench import ort_session, write_onnx  # noqa: E402
 
 # (label, model name, model arguments, input side)
 MODELS = (
@@ -78,7 +78,7 @@ def main() -> None:
             model = build_model(name, num_classes=8, **options).eval()
             params = sum(p.numel() for p in model.parameters())
             fused = fuse(model)
-            path = export_onnx(fused, Path(tmp) / f"{name}-{size}.onnx", size)
+            path = write_onnx(fused, Path(tmp) / f"{name}-{size}.onnx", size)
             cells = []
             for threads in args.threads:
                 times = sorted(time_session(ort_session(path, threads), size, args.runs))

@@ -16,7 +16,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'bf16', torch.cuda.is_bf16_supported())"
 
 step "benchmark (training at 224 px with the speed-ups and torch.compile, data pipeline, inference)"
-timeout 420 python3 -m utils.bench --device cuda --compile --sizes 224 ${1:+--data "$1"} --skip accuracy \
+timeout 420 python3 -m benchmarks.bench --device cuda --compile --sizes 224 ${1:+--data "$1"} --skip accuracy \
     --json "$OUT/bench.json" > "$OUT/bench.md" 2> "$OUT/bench.err"
 echo "rc=$?"
 cat "$OUT/bench.md"
@@ -36,7 +36,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from utils.bench import write_synthetic_dataset
+from benchmarks.bench import write_synthetic_dataset
 
 root = write_synthetic_dataset(Path(sys.argv[1]), 64)
 shutil.copytree(root / "train", root / "val")

@@ -139,12 +139,6 @@ def default_pretrained(name: str, root: Path, trunk: Optional[str] = None) -> Op
     return None
 
 
-def load_model(path, device="cpu"):
-    """Rebuild a model from a checkpoint file alone; returns (model in eval mode, metadata)."""
-    from utils.checkpoint import load_model as _load
-    return _load(path, device)
-
-
-__all__ = ["MODELS", "TRUNKS", "ModelOutput", "build_model", "build_criterion", "load_backbone", "load_model",
+__all__ = ["MODELS", "TRUNKS", "ModelOutput", "build_model", "build_criterion", "load_backbone",
            "default_input", "default_pretrained", "min_input_size", "model_trunk", "total_loss", "DAN", "EfficientNetB3",
            "FaceResNetClassifier", "ResNet18", "fuse"]

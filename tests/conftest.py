@@ -69,7 +69,7 @@ def local_http_server(handler):
 @pytest.fixture(scope="session")
 def served_model(tmp_path_factory):
     """(tiny_model's file, an ONNX cache folder holding its export): made once for the server's tests."""
-    from utils.export_onnx import cached_onnx
+    from utils.inference.export import cached_onnx
 
     folder = tmp_path_factory.mktemp("served")
     checkpoint = tiny_model(folder / "tiny.safetensors")

@@ -1,4 +1,4 @@
-"""utils.bench: the --quick run works end to end and writes every section; benchmarks/bench_step_profile.py
+"""benchmarks.bench: the --quick run works end to end and writes every section; benchmarks/bench_step_profile.py
 counts multiply-adds right and runs at a tiny size. No speed is asserted."""
 import importlib.util
 import json
@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from utils.bench import Repeat
+from benchmarks.bench import Repeat
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_quick_run_writes_every_section(tmp_path):
     out = tmp_path / "bench.json"
-    run = subprocess.run([sys.executable, "-m", "utils.bench", "--quick", "--device", "cpu", "--json", str(out)],
+    run = subprocess.run([sys.executable, "-m", "benchmarks.bench", "--quick", "--device", "cpu", "--json", str(out)],
                          cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     report = json.loads(out.read_text())
@@ -42,7 +42,7 @@ def test_quick_run_writes_every_section(tmp_path):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
 def test_cuda_without_a_gpu_is_one_line_of_error():
-    run = subprocess.run([sys.executable, "-m", "utils.bench", "--quick", "--device", "cuda"], cwd=ROOT,
+    run = subprocess.run([sys.executable, "-m", "benchmarks.bench", "--quick", "--device", "cuda"], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 2
     assert run.stderr.strip().splitlines()[-1].startswith("error: --device cuda")
@@ -54,7 +54,7 @@ def test_repeat_yields_exactly_steps_across_epochs():
 
 
 def test_compare_sets_runs_side_by_side_with_speedups(tmp_path):
-    from utils.bench import compare_reports
+    from benchmarks.bench import compare_reports
     from utils.errors import UserError
 
     def report(name, rows):

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import resnet18
 
-import networks
-from networks import build_model, load_model
+from networks import build_model
+from utils.checkpoint import load_model
 from utils.convert import AFFECTNET_ORDER, RAFDB_ORDER, convert, get_args_parser, main
 from utils.errors import UserError, run_cli
 
@@ -404,5 +404,5 @@ def test_cli_end_to_end(tmp_path, reference):
     assert run.returncode == 0, run.stderr
     assert "surprise, fear, disgust, happy, sad, angry, neutral" in run.stderr
     assert "predict.py --checkpoint" in run.stderr
-    _, meta = networks.load_model(tmp_path / "dan.safetensors")
+    _, meta = load_model(tmp_path / "dan.safetensors")
     assert meta["classes"] == list(RAFDB_ORDER)

@@ -1,5 +1,4 @@
 """The models shipped in Data/: their metadata, and that they see the obvious."""
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -5,7 +5,7 @@ import torch
 
 from networks import build_model
 from utils.checkpoint import save_safetensors
-from utils.export_onnx import EXPORT_VERSION, calibration_batches, export_int8, export_onnx, read_onnx_meta
+from utils.inference.export import EXPORT_VERSION, calibration_batches, export_int8, export_onnx, read_onnx_meta
 
 CLASSES = ["angry", "happy", "sad"]
 

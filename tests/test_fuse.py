@@ -128,11 +128,11 @@ def test_fuse_folds_other_models(name, size):
 def test_fused_dan_in_onnx_runtime(tmp_path):
     """The fused graph exports (dynamic batch, opset 18) and ONNX Runtime agrees with PyTorch."""
     pytest.importorskip("onnxruntime")
-    from utils.bench import export_onnx, ort_session
+    from benchmarks.bench import ort_session, write_onnx
 
     model, _ = random_dan(size=64)
     fused = fuse(model)
-    path = export_onnx(fused, tmp_path / "fused.onnx", 64)
+    path = write_onnx(fused, tmp_path / "fused.onnx", 64)
     session = ort_session(path, threads=1)
     for batch in (1, 3):
         x = torch.randn(batch, 3, 64, 64)

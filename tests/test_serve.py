@@ -25,8 +25,8 @@ import serve
 from conftest import ROOT, local_http_server
 from test_predict import check_record
 from utils.errors import UserError
-from utils.fetch import FetchLimits
-from utils.recognizer import EmotionRecognizer
+from utils.inference.fetch import FetchLimits
+from utils.inference.recognizer import EmotionRecognizer
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402  (after the skip: only with fastapi installed)
@@ -226,9 +226,9 @@ def test_400_urls_that_are_not_fetched(client, url, words):
 def test_400_a_connection_that_reaches_a_private_address(client, web, monkeypatch):
     """As after a redirect, or a name that resolves to another address when connecting: the
     connection itself is checked where it went, and nothing is asked of the local server."""
-    import utils.fetch
+    import utils.inference.fetch
 
-    monkeypatch.setattr(utils.fetch, "check_public_host", lambda url: None)
+    monkeypatch.setattr(utils.inference.fetch, "check_public_host", lambda url: None)
     _Web.hits.clear()
     refused(client.post("/predict", json={"url": web + "/astronaut.jpg"}), 400, "127.0.0.1 is a loopback address")
     assert _Web.hits == []

@@ -5,7 +5,7 @@
     python3 predict.py --checkpoint Data/dan_rafdb.safetensors --params photo.jpg
 
 `--dst` ending in `.safetensors` writes the shipped format (weights and metadata only);
-`.pth` writes a `fer-checkpoint` dict. Both load with `networks.load_model`, so test.py and
+`.pth` writes a `fer-checkpoint` dict. Both load with `utils.checkpoint.load_model`, so test.py and
 predict.py take them as they are. The formats are listed in `FORMATS`; each fixes the class
 names in the published model's output order. Source files are read with
 `torch.load(weights_only=True)`: nothing in them is executed, and a file that needs more is
@@ -27,7 +27,7 @@ from networks import build_model, short_keys
 from networks.trunks import TRUNK_LAYERS
 from utils.checkpoint import FORMAT, save_checkpoint, save_safetensors, why_unloadable
 from utils.errors import UserError, run_cli
-from utils.export_onnx import file_digest
+from utils.files import file_digest
 from utils.faceapi import convert_faceapi
 from utils.misc import setup_logging
 

@@ -27,8 +27,9 @@ from typing import AsyncIterator, Dict, Optional, Tuple
 
 from data.images import MAX_PIXELS, ImageTooLarge, decode_image
 from utils.errors import UserError, first_line
-from utils.fetch import MB, DownloadTimedOut, DownloadTooLarge, FetchLimits, UrlRefused, fetch
-from utils.sources import Input, record
+from utils.files import file_digest
+from utils.inference.fetch import MB, DownloadTimedOut, DownloadTooLarge, FetchLimits, UrlRefused, fetch
+from utils.inference.sources import Input, record
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = Path(__file__).with_name("serve_page.html")
@@ -122,8 +123,6 @@ def decode(body: bytes, name: str, max_pixels: int):
 
 def model_info(recognizer) -> dict:
     """What GET /model answers: the model, its classes and input, the checkpoint's SHA-256."""
-    from utils.export_onnx import file_digest
-
     meta = recognizer.meta
     return {"checkpoint": recognizer.checkpoint.name, "sha256": file_digest(recognizer.checkpoint),
             "model": meta.get("model"), "classes": recognizer.classes, "img_size": recognizer.img_size,

@@ -1,10 +1,10 @@
 """How fast training and inference are: one table, every figure measured in the same run.
 
-    python3 -m utils.bench                                   # this machine (CUDA if present)
-    python3 -m utils.bench --data /path/to/fer2013 --json runs/bench-cpu.json
-    python3 -m utils.bench --device cuda --compile           # a GPU, torch.compile included
-    python3 -m utils.bench --quick                           # tiny sizes in seconds: proves it runs
-    python3 -m utils.bench --compare before.json after.json  # two --json runs side by side
+    python3 -m benchmarks.bench                                   # this machine (CUDA if present)
+    python3 -m benchmarks.bench --data /path/to/fer2013 --json runs/bench-cpu.json
+    python3 -m benchmarks.bench --device cuda --compile           # a GPU, torch.compile included
+    python3 -m benchmarks.bench --quick                           # tiny sizes in seconds: proves it runs
+    python3 -m benchmarks.bench --compare before.json after.json  # two --json runs side by side
 
 Sections, each printed as a markdown table:
 
@@ -50,12 +50,13 @@ from torch import nn
 from data.datasets import FaceFolder
 from data.loading import Batches, ShardedSampler, TensorCache
 from data.transforms import PRESETS, Normalize, TrainAugment
-from networks import build_criterion, build_model, fuse, load_model
+from networks import build_criterion, build_model, fuse
 from networks.dan import group_heads
+from utils.checkpoint import load_model
 from utils.distributed import DistInfo
 from utils.engine import Precision, TrainStep, train_one_epoch
 from utils.errors import UserError, run_cli
-from utils.export_onnx import model_proto, quantize_int8
+from utils.inference.export import model_proto, quantize_int8, session_options
 from utils.misc import cpu_count, keep_freed_memory, resolve_device, setup_logging
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -441,7 +442,7 @@ def data_rows(pools: Pools, s: Settings) -> List[Dict]:
 
 # ---- inference -------------------------------------------------------------------------------
 
-def export_onnx(model: nn.Module, path: Path, size: int) -> Path:
+def write_onnx(model: nn.Module, path: Path, size: int) -> Path:
     """Write a DAN (plain or fused) as ONNX, as predict.py's export does (without metadata)."""
     import onnx
 
@@ -452,11 +453,7 @@ def export_onnx(model: nn.Module, path: Path, size: int) -> Path:
 def ort_session(path: Path, threads: int):
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
 
 
 def _inference_row(name: str, make: Callable[[], Callable], s: Settings, size: int, device: torch.device) -> Dict:
@@ -519,8 +516,8 @@ def inference_rows(s: Settings, threads: int, workdir: Path, pools: Pools) -> Li
     for size in s.infer_sizes:
         torch.manual_seed(0)
         state = build_model("dan", num_classes=len(CLASSES), num_heads=4).state_dict()
-        plain_path = export_onnx(_dan(state), workdir / f"dan{size}.onnx", size)
-        fused_path = export_onnx(fuse(_dan(state)), workdir / f"dan{size}-fused.onnx", size)
+        plain_path = write_onnx(_dan(state), workdir / f"dan{size}.onnx", size)
+        fused_path = write_onnx(fuse(_dan(state)), workdir / f"dan{size}-fused.onnx", size)
         images = pools.dataset(size, 2 * s.infer_batch)
         calibration = [Normalize()(torch.stack([images.load(i) for i in range(k, k + s.infer_batch)])).numpy()
                        for k in range(0, len(images), s.infer_batch)]
@@ -563,7 +560,7 @@ def accuracy_rows(checkpoint: Path, data: Path, workdir: Path, threads: int,
     calibration = [normalize(calib.images[k:k + 64]).numpy() for k in range(0, len(calib.labels), 64)]
     torch.set_num_threads(threads)
     folded = fuse(model)
-    fused_path = export_onnx(folded, workdir / "checkpoint-fused.onnx", size)
+    fused_path = write_onnx(folded, workdir / "checkpoint-fused.onnx", size)
     int8_path = quantize_int8(fused_path, workdir / "checkpoint-fused-int8.onnx", calibration)
 
     def torch_predict(m):
@@ -632,7 +629,7 @@ def describe_machine(device: torch.device, threads: int) -> Dict:
         pass
     info = {"cpu": cpu, "cores": cpu_count(), "torch_threads": threads, "python": platform.python_version(),
             "torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "device": str(device),
-            "command": "python3 -m utils.bench " + " ".join(sys.argv[1:])}
+            "command": "python3 -m benchmarks.bench " + " ".join(sys.argv[1:])}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     if hasattr(os, "getloadavg"):
@@ -674,7 +671,7 @@ def compare_reports(paths: Sequence[str]) -> str:
         except FileNotFoundError:
             raise UserError(f"{path}: no such file") from None
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
-            raise UserError(f"{path} is not a report written by `python3 -m utils.bench --json`") from None
+            raise UserError(f"{path} is not a report written by `python3 -m benchmarks.bench --json`") from None
         reports.append(({(r["section"], r["name"]): r for r in rows}, machine))
     names = list(dict.fromkeys(key for rows, _ in reports for key in rows))
     out = ["| run | machine | torch | command |", "|---|---|---|---|"]

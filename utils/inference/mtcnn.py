@@ -14,9 +14,12 @@ from typing import List, Tuple
 
 import cv2
 import numpy as np
+import onnxruntime as ort
 
 from utils.errors import UserError
-from utils.faces import Detection, _shrink
+
+from .export import session_options
+from .faces import Detection, shrink
 
 CELL, STRIDE = 12, 2  # P-Net's receptive field and step, in pixels of the scaled image
 
@@ -87,12 +90,8 @@ class MTCNN:
     def __init__(self, min_face: int = 24, thresholds: Tuple[float, float, float] = (0.6, 0.7, 0.8),
                  scale_step: float = 0.709, max_side: int = 480, threads: int = 1, coarse_side: int = 320,
                  large: float = 2.0):
-        import onnxruntime as ort
-
         folder = _weights_dir()
-        options = ort.SessionOptions()
-        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-        options.log_severity_level = 3
+        options = session_options(threads)
         self.nets = [ort.InferenceSession(str(folder / f"{n}.onnx"), options, providers=["CPUExecutionProvider"])
                      for n in ("pnet", "rnet", "onet")]
         self.min_face, self.thresholds, self.scale_step, self.max_side = min_face, thresholds, scale_step, max_side
@@ -111,7 +110,7 @@ class MTCNN:
 
     def _detect(self, image: np.ndarray, view: int) -> Tuple[List[Detection], float]:
         """Faces in the image seen at `view` pixels at most; (detections, the view's scale)."""
-        small, scale = _shrink(image, view)
+        small, scale = shrink(image, view)
         x = (small.astype(np.float32) - 127.5) * 0.0078125
         boxes = self._propose(x)
         if len(boxes):

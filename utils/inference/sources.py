@@ -16,7 +16,8 @@ import numpy as np
 from data.images import MAX_PIXELS, decode_image
 from data.layout import is_image_file
 from utils.errors import UserError
-from utils.fetch import FetchLimits, fetch_image, is_url
+
+from .fetch import FetchLimits, fetch_image, is_url
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
 

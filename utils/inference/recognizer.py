@@ -1,12 +1,12 @@
 """The emotion of every face in a photo, as a class that scripts, notebooks and services share.
 
-    from utils.recognizer import EmotionRecognizer
+    from utils.inference.recognizer import EmotionRecognizer
     recognizer = EmotionRecognizer("Data/dan_fer2013.safetensors")
     for face in recognizer.predict("photo.jpg"):
         print(face.box, face.emotion, face.probabilities)
 
 On the CPU the model runs in ONNX Runtime from an export cached by the checkpoint's content hash
-(utils/export_onnx.py), so after the first run neither torch nor the model code is imported. A
+(utils/inference/export.py), so after the first run neither torch nor the model code is imported. A
 GPU (`device="cuda"`) or `backend="torch"` runs the PyTorch model itself.
 """
 from dataclasses import dataclass, field
@@ -14,13 +14,18 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
+import onnxruntime as ort
 from PIL import Image
 
 from data.images import MAX_PIXELS, decode_image
 from utils.errors import UserError, first_line
-from utils.faces import build_detector, crop_face, normalize, resize_faces, wants_grayscale
 from utils.paths import DEFAULT_MODEL as DEFAULT_CHECKPOINT
 from utils.paths import ROOT
+
+from .detectors import build_detector
+from .export import cached_onnx, read_onnx_meta, session_options, softmax
+from .faces import crop_face, normalize, resize_faces, wants_grayscale
+
 BACKENDS = ("auto", "onnx", "torch")
 
 ImageLike = Union[str, Path, bytes, Image.Image, np.ndarray]
@@ -66,19 +71,9 @@ class OnnxRunner:
     """An exported model in ONNX Runtime: float32 (B, 3, S, S) -> {"logits", ["attention"]}."""
 
     def __init__(self, path, threads: int = 2):
-        import onnxruntime as ort
-
-        from utils.export_onnx import read_onnx_meta
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        # Idle worker threads would otherwise spin for a while after each run, taking the CPU from
-        # the face detector that runs next (OpenCV's threads, or MTCNN's own session).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(str(path), session_options(threads, spinning=False),
+                                                providers=["CPUExecutionProvider"])
         except Exception as err:
             raise UserError(f"{path}: onnxruntime cannot load it ({first_line(err)})") from None
         self.meta = read_onnx_meta(self.session)
@@ -92,7 +87,7 @@ class TorchRunner:
     """The PyTorch model itself, on any device: float32 (B, 3, S, S) -> {"logits", ["attention"]}."""
 
     def __init__(self, checkpoint, device: str = "cpu", threads: int = 2):
-        import torch
+        import torch  # the torch backend only: the ONNX path runs without torch
 
         from utils.checkpoint import load_model
         from utils.misc import resolve_device
@@ -110,13 +105,6 @@ class TorchRunner:
         if out.attention is not None:
             result["attention"] = out.attention.float().cpu().numpy()
         return result
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """(B, C) -> (B, C) probabilities, computed in float64 so each row sums to 1."""
-    z = logits.astype(np.float64)
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def resolve_checkpoint(checkpoint) -> Path:
@@ -142,7 +130,7 @@ class EmotionRecognizer:
             utils.export_onnx; None for the project's default model.
         device: "cpu" or "cuda"; cuda implies the torch backend.
         backend: "onnx" (ONNX Runtime, CPU), "torch", or "auto" (onnx on the CPU).
-        detector: a name in utils.faces.DETECTORS ("none" treats the whole image as one face).
+        detector: a name in utils.inference.detectors.DETECTORS ("none" treats the whole image as one face).
         margin: extra space around the detector's box on each side, as a fraction of its side.
         align: turn faces upright by the eye line when the detector gives landmarks.
         grayscale: turn face crops grey before the model sees them; None reads the checkpoint's
@@ -177,7 +165,6 @@ class EmotionRecognizer:
             raise UserError(f"{path} is an ONNX export; the torch backend needs the .safetensors or .pth model")
         self.checkpoint, self.backend, self.device = path, backend, device
         if backend == "onnx":
-            from utils.export_onnx import cached_onnx
             self.runner = OnnxRunner(path if is_onnx else cached_onnx(path, cache_dir), threads)
         else:
             self.runner = TorchRunner(path, device, threads)

@@ -1,0 +1,1 @@
+"""Measurements that are not tests: `python3 -m benchmarks.bench` and the scripts beside it (docs/speed.md)."""

