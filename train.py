@@ -20,7 +20,7 @@ from data.transforms import PRESETS, AugmentConfig, Normalize, TrainAugment
 from networks import (MODELS, TRUNKS, build_criterion, build_model, default_input, default_pretrained,
                       min_input_size)
 from networks.dan import group_heads
-from utils.checkpoint import load_checkpoint, load_state_strict
+from utils.checkpoint import ModelMeta, load_backbone, load_checkpoint, load_state_strict, training_checkpoint
 from utils.distributed import cleanup, init_distributed
 from utils.engine import BatchMix, Precision, TrainStep, evaluate, nonfinite_tensor, train_one_epoch
 from utils.errors import ArgumentParser, UserError, number, run_cli
@@ -332,7 +332,9 @@ def _train(args, device, dist_info) -> dict:
         log.info("backbone weights: %s", args.pretrained)
     elif fresh:
         log.info("no pretrained backbone found (see --pretrained): training from random initialisation")
-    model = build_model(args.model, pretrained=args.pretrained if fresh else None, **model_args)
+    model = build_model(args.model, **model_args)
+    if args.pretrained and fresh:
+        load_backbone(model, args.pretrained)
     grouped = args.grouped_heads
     if args.model == "dan" and (grouped if grouped is not None else device.type == "cuda"):
         model = group_heads(model)  # a DAN subclass with the same state dict: checkpoints stay plain DAN
@@ -351,9 +353,7 @@ def _train(args, device, dist_info) -> dict:
         raise UserError("the training split is smaller than one batch; lower --batch-size")
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, iters, args))
     scaler = torch.amp.GradScaler(device.type, enabled=precision.needs_scaler)
-    norm = default_input(args.model, args.trunk)
-    meta = {"model": args.model, "model_args": model_args, "classes": classes, "img_size": args.img_size,
-            "mean": list(norm.mean), "std": list(norm.std), "grayscale": is_grayscale(train_set)}
+    meta = ModelMeta.for_model(args.model, model_args, classes, args.img_size, grayscale=is_grayscale(train_set))
 
     start_epoch, best, best_epoch, history = 1, -1.0, 0, []
     if resume is not None:
@@ -374,14 +374,14 @@ def _train(args, device, dist_info) -> dict:
         runner.model = torch.compile(model)
     if dist_info.enabled:
         runner = DistributedDataParallel(step, device_ids=[device.index or 0] if device.type == "cuda" else None)
-    augment = TrainAugment(augment_config(args), Normalize(meta["mean"], meta["std"]))
+    augment = TrainAugment(augment_config(args), Normalize(meta.mean, meta.std))
     mix = BatchMix(args.cutmix, cutmix=True) if args.cutmix else BatchMix(args.mixup) if args.mixup else None
     if mix is not None and soft_targets is None:  # mixing blends targets: one-hot where there are no votes
         soft_targets = torch.nn.functional.one_hot(torch.as_tensor(train_set.labels), len(classes)).float().to(device)
     if args.logit_adjust:
         prior = torch.as_tensor(train_set.class_counts(), dtype=torch.float32).clamp(min=1)
         criterion.logit_bias = (args.logit_adjust * (prior / prior.sum()).log()).to(device)
-    normalize = Normalize(meta["mean"], meta["std"])
+    normalize = Normalize(meta.mean, meta.std)
     weights = {"ce": 1.0, "affinity": args.lambda_aff, "partition": args.lambda_part}
     log.info("%s: %.2fM parameters | %s | %s | batch %d x %d process(es) | %d iterations per epoch",
              args.model, sum(p.numel() for p in model.parameters()) / 1e6, device,
@@ -413,11 +413,10 @@ def _train(args, device, dist_info) -> dict:
         if improved:
             best, best_epoch = score, epoch
         if dist_info.is_main:
-            ckpt = {"format": "fer-checkpoint", "version": 1, "meta": meta, "state_dict": model.state_dict(),
-                    "criterion": criterion.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
-                    "best_metric": best, "best_epoch": best_epoch, "history": history, "args": vars(args),
-                    "metrics": record}
+            ckpt = training_checkpoint(meta, model.state_dict(), criterion=criterion.state_dict(),
+                                       optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                                       scaler=scaler.state_dict(), epoch=epoch, best_metric=best,
+                                       best_epoch=best_epoch, history=history, args=vars(args), metrics=record)
             run.save_epoch(ckpt, improved)
             log.info("epoch %d/%d: train loss %.4f acc %.2f%% | val loss %.4f acc %.2f%% balanced %.2f%% | "
                      "%.0f img/s, %.0fs | best %.2f%% (epoch %d)", epoch, args.epochs, stats["train_loss"],

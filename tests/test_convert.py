@@ -15,7 +15,7 @@ from torch import nn
 from torchvision.models import resnet18
 
 from networks import build_model
-from utils.checkpoint import load_model
+from utils.checkpoint import load_backbone, load_model
 from utils.convert import AFFECTNET_ORDER, RAFDB_ORDER, convert, get_args_parser, main
 from utils.errors import UserError, run_cli
 
@@ -250,7 +250,7 @@ def test_msceleb_classes_option(tmp_path):
 
 
 def test_train_pretrained_accepts_original_msceleb_file(tmp_path):
-    """train.py --pretrained PATH keeps the path and builds with build_model(..., pretrained=PATH)."""
+    """train.py --pretrained PATH keeps the path, and load_backbone reads the original file."""
     import train
 
     path = str(tmp_path / "resnet18_msceleb.pth")
@@ -258,7 +258,8 @@ def test_train_pretrained_accepts_original_msceleb_file(tmp_path):
     args = train.resolve_args(train.get_args_parser().parse_args(
         ["--pretrained", path, "--data", str(tmp_path), "--output", str(tmp_path / "run")]))
     assert args.pretrained == path
-    model = build_model(args.model, num_classes=7, num_heads=1, pretrained=args.pretrained)
+    model = build_model(args.model, num_classes=7, num_heads=1)
+    load_backbone(model, args.pretrained)
     for k, v in model.trunk.state_dict().items():
         assert torch.equal(v, trunk[k]), k
 
@@ -291,7 +292,7 @@ def test_pickle_payload_is_refused_without_running(tmp_path, payload_file, how):
     path, marker = payload_file
     with pytest.raises(UserError) as err:
         if how == "train --pretrained":
-            build_model("dan", num_classes=7, num_heads=1, pretrained=str(path))
+            load_backbone(build_model("dan", num_classes=7, num_heads=1), path)
         elif how == "load_model":
             load_model(path)
         else:
@@ -362,7 +363,8 @@ def test_msceleb_wrong_shape_is_named(tmp_path):
     state = resnet18().state_dict()
     state["layer4.1.conv2.weight"] = torch.zeros(512, 512, 1, 1)
     torch.save({"state_dict": state}, tmp_path / "r18.pth")
-    with pytest.raises(UserError, match=r"shape mismatch for layer4\.1\.conv2\.weight"):
+    with pytest.raises(UserError, match=r"wrong shapes layer4\.1\.conv2\.weight \(512, 512, 1, 1\) where "
+                                        r"\(512, 512, 3, 3\) is expected"):
         convert(tmp_path / "r18.pth", "msceleb-resnet18", tmp_path / "out.pth")
 
 

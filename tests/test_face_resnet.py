@@ -19,6 +19,7 @@ import torch
 from networks import build_criterion, build_model, fuse
 from networks.face_resnet import MIN_INPUT_SIZE, FaceResNet, FaceResNetTrunk, Residual, fold_scales
 from networks.dan import group_heads
+from utils.checkpoint import load_backbone
 from utils.convert import get_args_parser, main
 from utils.errors import UserError
 from utils.faceapi import (MANIFEST, convert_faceapi, decode_weights, embed, load_face_resnet, read_faces_png,
@@ -96,7 +97,8 @@ def test_converter_reads_a_model_folder_and_writes_a_float32_trunk(tmp_path):
     assert "public domain" in meta["converted_from"]["licence"] and "MIT" in meta["converted_from"]["licence"]
     assert torch.equal(weight, torch.from_numpy(values["conv32_down/conv/filters"].transpose(3, 2, 0, 1).copy()))
     # DAN on this trunk takes the file; the embedding layer is not part of the trunk
-    model = build_model("dan", num_classes=7, trunk="face_resnet", pretrained=str(dst))
+    model = build_model("dan", num_classes=7, trunk="face_resnet")
+    load_backbone(model, dst)
     assert model.num_features == 256 and model.heads[0].channel.gate[0].in_features == 256
 
 

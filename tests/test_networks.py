@@ -2,7 +2,8 @@ import pytest
 import torch
 import torchvision
 
-from networks import MODELS, build_criterion, build_model, load_backbone, min_input_size
+from networks import MODELS, build_criterion, build_model, min_input_size
+from utils.checkpoint import load_backbone
 from networks.dan import DAN
 from utils.errors import UserError
 
@@ -75,7 +76,8 @@ def test_unknown_model_is_a_clear_error():
 def test_pretrained_resnet18_loads_into_the_trunk(tmp_path):
     reference = torchvision.models.resnet18(weights=None, num_classes=100)  # fc of another size is ignored
     torch.save({"state_dict": reference.state_dict()}, tmp_path / "resnet18_msceleb.pth")
-    model = build_model("dan", num_classes=7, pretrained=str(tmp_path / "resnet18_msceleb.pth"))
+    model = build_model("dan", num_classes=7)
+    load_backbone(model, tmp_path / "resnet18_msceleb.pth")
     assert torch.equal(model.trunk.layer3[1].conv2.weight, reference.layer3[1].conv2.weight)
     assert torch.equal(model.trunk.bn1.running_mean, reference.bn1.running_mean)
 
@@ -86,7 +88,7 @@ def test_pretrained_file_that_does_not_fit_names_the_keys(tmp_path):
     state["extra.weight"] = torch.zeros(1)
     torch.save(state, tmp_path / "bad.pth")
     with pytest.raises(UserError, match=r"missing keys layer4\.1\.bn2\.weight.*unexpected keys extra\.weight"):
-        build_model("dan", num_classes=7, pretrained=str(tmp_path / "bad.pth"))
+        load_backbone(build_model("dan", num_classes=7), tmp_path / "bad.pth")
 
 
 def test_efficientnet_pretrained_from_timm_state_dict(tmp_path):

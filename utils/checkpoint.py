@@ -1,5 +1,6 @@
 """Self-describing checkpoints, written atomically and read without unpickling code.
 
+Every model file carries its `ModelMeta` (below): what rebuilds the model and prepares its input.
 A training checkpoint (`.pth`) is a plain dict of tensors, numbers, strings and lists:
 
     {"format": "fer-checkpoint", "version": 1,
@@ -24,16 +25,79 @@ import signal
 import tempfile
 import warnings
 import zipfile
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import torch
 from torch import nn
 
+from networks import EfficientNetB3, build_model, default_input
+from networks.face_resnet import FaceResNetTrunk, fold_scales
 from utils.errors import UserError, first_line
 
 FORMAT = "fer-checkpoint"
-META_KEYS = ("model", "model_args", "classes", "img_size", "mean", "std")
+
+
+@dataclass
+class ModelMeta:
+    """What a model file says about its model: enough to rebuild it and to prepare its input.
+
+    Attributes:
+        model: a `networks.MODELS` name; model_args: its constructor's arguments.
+        classes: class names in the order of the outputs.
+        img_size, mean, std: the square input side and its normalisation (x - mean) / std.
+        grayscale: trained on grey faces (inference converts colour photos to grey); None: not recorded.
+        converted_from: where converted weights came from (utils.convert); None for trained ones.
+        epoch, val_accuracy: the epoch of these weights and its selection score (train.py's best files).
+        temperature: the calibration temperature fitted by test.py --calibrate.
+        extra: any other key a file carries (kept, so rewriting a file loses nothing).
+    """
+
+    model: str
+    model_args: Dict[str, Any]
+    classes: List[str]
+    img_size: int
+    mean: List[float]
+    std: List[float]
+    grayscale: Optional[bool] = None
+    converted_from: Optional[Dict[str, Any]] = None
+    epoch: Optional[int] = None
+    val_accuracy: Optional[float] = None
+    temperature: Optional[float] = None
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    REQUIRED = ("model", "model_args", "classes", "img_size", "mean", "std")
+
+    @classmethod
+    def for_model(cls, model: str, model_args: Dict[str, Any], classes, img_size: Optional[int] = None,
+                  **optional) -> "ModelMeta":
+        """The metadata of a `networks` model, its input size and normalisation taken from the model
+        registry (`networks.default_input`) unless `img_size` is given."""
+        config = default_input(model, model_args.get("trunk"))
+        return cls(model, dict(model_args), list(classes), int(img_size or config.img_size), list(config.mean),
+                   list(config.std), **optional)
+
+    @classmethod
+    def from_dict(cls, meta: Dict[str, Any], source) -> "ModelMeta":
+        """Raises UserError naming the missing keys."""
+        missing = [k for k in cls.REQUIRED if k not in meta]
+        if missing:
+            raise UserError(f"{source} lacks the metadata {missing}; it cannot be rebuilt from the file alone")
+        known = {f.name for f in fields(cls)} - {"extra"}
+        return cls(**{k: v for k, v in meta.items() if k in known},
+                   extra={k: v for k, v in meta.items() if k not in known})
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The JSON-ready dict files store: unset optional fields left out, `extra` merged in."""
+        out = {k: v for k, v in asdict(self).items() if k != "extra" and (v is not None or k in self.REQUIRED)}
+        return {**out, **self.extra}
+
+
+def training_checkpoint(meta: ModelMeta, state_dict: Dict[str, torch.Tensor], **training) -> Dict[str, Any]:
+    """The `.pth` dict of this project: format, version, metadata, weights and any training state
+    (criterion, optimizer, scheduler, scaler, epoch, best_metric, best_epoch, history, args, metrics)."""
+    return {"format": FORMAT, "version": 1, "meta": meta.to_dict(), "state_dict": state_dict, **training}
 FAULT_ENV = "FER_FAULT_KILL_AT"
 _fault_hits: Dict[str, int] = {}
 _UMASK = os.umask(0o022)
@@ -173,9 +237,8 @@ def _pickle_globals(path: Path, head: bytes) -> List[str]:
 
 
 def check_meta(meta: Dict[str, Any], source) -> Dict[str, Any]:
-    missing = [k for k in META_KEYS if k not in meta]
-    if missing:
-        raise UserError(f"{source} lacks the metadata {missing}; it cannot be rebuilt from the file alone")
+    """`meta` as it is, once ModelMeta has checked it holds what rebuilds the model."""
+    ModelMeta.from_dict(meta, source)
     return meta
 
 
@@ -233,17 +296,95 @@ def read_weights(path) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
     return state, check_meta(meta, path)
 
 
-def load_state_strict(model: nn.Module, state: Dict[str, torch.Tensor], source) -> None:
-    """load_state_dict that names missing and unexpected keys and bad shapes in a UserError."""
-    own = model.state_dict()
+def short_keys(keys, limit: int = 6) -> str:
+    """The first `limit` names, comma-separated, and how many more; "none" for none."""
+    keys = list(keys)
+    if not keys:
+        return "none"
+    more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+def check_keys(own: Dict[str, torch.Tensor], state: Dict[str, torch.Tensor], source, what: str = "the model",
+               hint: str = "") -> None:
+    """The one key check: raises a UserError naming the missing keys, the unexpected keys and the
+    keys whose shapes differ (with both shapes) when `state` does not fit `own` exactly."""
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
-    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    wrong = [f"{k} {tuple(state[k].shape)} where {tuple(own[k].shape)} is expected"
+             for k in sorted(set(own) & set(state)) if own[k].shape != state[k].shape]
     if missing or unexpected or wrong:
-        def short(keys):
-            return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "") if keys else "none"
-        raise UserError(f"{source} does not fit the model: missing keys {short(missing)}; "
-                        f"unexpected keys {short(unexpected)}; wrong shapes {short(wrong)}")
+        raise UserError(f"{source} does not fit {what}: missing keys {short_keys(missing)}; unexpected keys "
+                        f"{short_keys(unexpected)}; wrong shapes {short_keys(wrong)}{hint}")
+
+
+def read_state_dict(path, own_file_hint: str) -> Dict[str, torch.Tensor]:
+    """The one reader of weights from outside this project: a `.pth` read with
+    torch.load(weights_only=True) (nothing in it runs), bare or under `model_state_dict` or
+    `state_dict`, a DataParallel `module.` prefix removed; or a `.safetensors` trunk.
+
+    A model file of this project is refused with `own_file_hint` (what to do with it instead).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} not found")
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                header = f.metadata() or {}
+                state = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as err:
+            raise UserError(f"{path} is not a readable safetensors file ({first_line(err)})") from None
+        if "fer" in header and json.loads(header["fer"]).get("kind") != "trunk":
+            raise UserError(f"{path} is a model of this project: {own_file_hint}")
+        return state
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise UserError(f"{path} was refused: torch.load(weights_only=True), which loads tensors and plain "
+                        f"containers and never runs code from the file, cannot read it ({why_unloadable(path, err)}). "
+                        "Ask its publisher for a plain state dict, or re-save its tensors yourself only if you "
+                        "trust it") from None
+    if isinstance(obj, dict) and obj.get("format") == FORMAT:
+        raise UserError(f"{path} is a checkpoint of this project: {own_file_hint}")
+    if isinstance(obj, dict):
+        for key in ("model_state_dict", "state_dict"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise UserError(f"{path} does not hold a state dict of tensors (neither a bare one nor one under "
+                        "'model_state_dict' or 'state_dict')")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def load_backbone(model: nn.Module, path) -> None:
+    """Load backbone weights into `model` from `path` (train.py --pretrained); the rest stays random.
+
+    DAN and ResNet18 take a torchvision ResNet-18 state dict (for example the MS-Celeb-1M
+    `resnet18_msceleb.pth`, whose `state_dict` uses torchvision's names); its `fc.*` is ignored.
+    DAN with the face_resnet trunk, and FaceResNetClassifier, take the trunk written by
+    `python3 -m utils.convert --format faceapi-recognition`; its embedding layer `fc.*` is ignored,
+    and its scales are folded into the convolutions (the form that fine-tunes stably: fold_scales).
+    EfficientNet-B3 takes a timm `efficientnet_b3` state dict; its `classifier.*` is ignored.
+
+    Raises:
+        UserError: naming the missing and unexpected keys, or mismatched shapes.
+    """
+    state = read_state_dict(path, "start from it with train.py --init, which takes a whole model")
+    target, skip = (model.backbone, "classifier.") if isinstance(model, EfficientNetB3) else (model.trunk, "fc.")
+    state = {k: v for k, v in state.items() if not k.startswith(skip)}
+    own = {k: v for k, v in target.state_dict().items() if not k.startswith(skip)}
+    check_keys(own, state, path, f"the {type(model).__name__} backbone")
+    target.load_state_dict(state, strict=False)
+    if isinstance(target, FaceResNetTrunk):
+        fold_scales(target, drop=False)
+
+
+def load_state_strict(model: nn.Module, state: Dict[str, torch.Tensor], source) -> None:
+    """load_state_dict after `check_keys`: every key present, none unexpected, every shape right."""
+    check_keys(model.state_dict(), state, source)
     model.load_state_dict(state)
 
 
@@ -254,8 +395,6 @@ def load_model(path, device="cpu") -> Tuple[nn.Module, Dict[str, Any]]:
         (model in eval mode on `device`, metadata dict with model, model_args, classes,
         img_size, mean, std).
     """
-    from networks import build_model
-
     state, meta = read_weights(path)
     model = build_model(meta["model"], **meta["model_args"])
     load_state_strict(model, state, path)

@@ -22,13 +22,13 @@ import torch
 from torch import nn
 
 from data.classes import normalize_class_name
-from data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from networks import build_model, short_keys
+from networks import build_model
 from networks.trunks import TRUNK_LAYERS
-from utils.checkpoint import FORMAT, save_checkpoint, save_safetensors, why_unloadable
+from utils.checkpoint import (ModelMeta, check_keys, load_backbone, read_state_dict, save_checkpoint, save_safetensors,
+                              short_keys, training_checkpoint)
 from utils.errors import UserError, run_cli
-from utils.files import file_digest
 from utils.faceapi import convert_faceapi
+from utils.files import file_digest
 from utils.misc import setup_logging
 
 log = logging.getLogger("convert")
@@ -61,7 +61,6 @@ FORMATS: Dict[str, Release] = {
     "msceleb-resnet18": Release(RAFDB_ORDER, "yaoing/DAN: resnet18_msceleb.pth", backbone_only=True),
 }
 FACEAPI_FORMAT = "faceapi-recognition"
-IMG_SIZE = 224  # all of these were trained on 224x224 crops with ImageNet normalisation
 
 # The reference DAN keeps ResNet-18's children in an nn.Sequential called `features`:
 # features.0 is conv1, features.4 is layer1, ..., features.7 is layer4 (TRUNK_LAYERS' order).
@@ -92,32 +91,6 @@ def rename(keys, prefixes: Dict[str, str]) -> Dict[str, Optional[str]]:
     return out
 
 
-def read_state_dict(path: Path) -> Dict[str, torch.Tensor]:
-    """The model's tensors from a published file, without unpickling arbitrary objects.
-
-    Accepts a bare state dict (Emotion-Recognition's DAN_best.pth) or a dict holding one under
-    `model_state_dict` (the DAN releases) or `state_dict`; a DataParallel `module.` prefix is removed.
-    """
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise UserError(f"{path} was refused: torch.load(weights_only=True), which loads tensors and plain "
-                        f"containers and never runs code from the file, cannot read it ({why_unloadable(path, err)}). "
-                        "Ask its publisher for a plain state dict, or re-save its tensors yourself only if you "
-                        "trust it") from None
-    if isinstance(obj, dict) and obj.get("format") == FORMAT:
-        raise UserError(f"{path} is already a checkpoint of this project: use it directly, no conversion needed")
-    if isinstance(obj, dict):
-        for key in ("model_state_dict", "state_dict"):
-            if isinstance(obj.get(key), dict):
-                obj = obj[key]
-                break
-    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise UserError(f"{path} does not hold a state dict of tensors (neither a bare one nor one under "
-                        "'model_state_dict' or 'state_dict')")
-    return {k.removeprefix("module."): v for k, v in obj.items()}
-
-
 def count_heads(state: Dict[str, torch.Tensor], path: Path) -> int:
     """N, from the highest cat_head{i} index in the keys."""
     heads = {int(m.group(1)) for k in state if (m := re.match(r"cat_head(\d+)\.", k))}
@@ -146,14 +119,8 @@ def load_reference_dan(state: Dict[str, torch.Tensor], fmt: str, path: Path) -> 
     if absent_counters:
         log.info("%s has no num_batches_tracked (an older PyTorch wrote it); set to 0", path)
         state = {**state, **{k: torch.zeros((), dtype=torch.long) for k in absent_counters}}
-    missing = sorted(set(wanted) - set(state))
-    unexpected = sorted(set(state) - set(wanted))
-    wrong = sorted(k for k in set(wanted) & set(state) if state[k].shape != own[wanted[k]].shape)
-    if missing or unexpected or wrong:
-        shapes = [f"{k} {tuple(state[k].shape)} where {tuple(own[wanted[k]].shape)} is expected" for k in wrong]
-        raise UserError(f"{path} does not fit the {fmt} DAN ({num_heads} heads, {len(classes)} classes): "
-                        f"missing keys {short_keys(missing)}; unexpected keys {short_keys(unexpected)}; "
-                        f"wrong shapes {short_keys(shapes)}{_format_hint(state, fmt)}")
+    check_keys({ref: own[key] for ref, key in wanted.items()}, state, path,
+               f"the {fmt} DAN ({num_heads} heads, {len(classes)} classes)", _format_hint(state, fmt))
     model.load_state_dict({wanted[k]: v for k, v in state.items()})
     return model
 
@@ -176,7 +143,9 @@ def load_msceleb_dan(src: Path, classes: Sequence[str], num_heads: int, seed: in
         raise UserError(f"--num-heads must be at least 1, got {num_heads}")
     torch.manual_seed(seed)
     # The loader train.py --pretrained uses, so the two read the file the same way.
-    return build_model("dan", num_classes=len(classes), num_heads=num_heads, pretrained=str(src))
+    model = build_model("dan", num_classes=len(classes), num_heads=num_heads)
+    load_backbone(model, src)
+    return model
 
 
 def convert(src, fmt: str, dst, classes: Optional[Sequence[str]] = None, num_heads: Optional[int] = None,
@@ -214,19 +183,20 @@ def convert(src, fmt: str, dst, classes: Optional[Sequence[str]] = None, num_hea
         model = load_msceleb_dan(src, names, num_heads or 4, seed)
     else:
         names = list(release.classes)
-        model = load_reference_dan(read_state_dict(src), fmt, src)
+        model = load_reference_dan(read_state_dict(src, "use it directly, no conversion needed"), fmt, src)
 
-    meta = {"model": "dan", "model_args": {"num_classes": model.num_classes, "num_heads": model.num_heads},
-            "classes": names, "img_size": IMG_SIZE, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
-            "converted_from": {"file": src.name, "format": fmt, "sha256": file_digest(src),
-                               "origin": release.origin, "reported": release.reported,
-                               "heads_trained": not release.backbone_only}}
+    # All of these releases were trained on 224x224 crops with ImageNet normalisation: the ResNet-18
+    # trunk's registry input (networks.trunks).
+    meta = ModelMeta.for_model("dan", {"num_classes": model.num_classes, "num_heads": model.num_heads}, names,
+                               converted_from={"file": src.name, "format": fmt, "sha256": file_digest(src),
+                                               "origin": release.origin, "reported": release.reported,
+                                               "heads_trained": not release.backbone_only})
     state = model.state_dict()
     if dst.suffix == ".safetensors":
-        save_safetensors(state, meta, dst, half=half)
+        save_safetensors(state, meta.to_dict(), dst, half=half)
     else:
-        save_checkpoint({"format": FORMAT, "version": 1, "meta": meta, "state_dict": state}, dst)
-    return meta
+        save_checkpoint(training_checkpoint(meta, state), dst)
+    return meta.to_dict()
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -257,7 +227,8 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
     untrained = ("; its heads are untrained (to train, give the original file to train.py --pretrained)"
                  if FORMATS[args.format].backbone_only else "")
     log.info("wrote %s: DAN with %d heads, classes in output order %s, %dx%d input, ImageNet normalisation%s",
-             args.dst, meta["model_args"]["num_heads"], ", ".join(meta["classes"]), IMG_SIZE, IMG_SIZE, untrained)
+             args.dst, meta["model_args"]["num_heads"], ", ".join(meta["classes"]), meta["img_size"], meta["img_size"],
+             untrained)
     release = FORMATS[args.format]
     if not release.backbone_only:
         # The file holds no class names: the order is what --format says, and a wrong --format goes unnoticed.

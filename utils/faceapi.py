@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from networks.face_resnet import EMBEDDING_SIZE, FACE_RESNET_MEAN, FACE_RESNET_STD, INPUT_SIZE, FaceResNet
-from utils.checkpoint import save_safetensors
+from utils.checkpoint import check_keys, save_safetensors
 from utils.errors import UserError
 
 MANIFEST = "face_recognition_model-weights_manifest.json"
@@ -125,11 +125,7 @@ def to_state_dict(tensors: Dict[str, np.ndarray]) -> Dict[str, torch.Tensor]:
         array = value.transpose(order) if order else value
         state[name[: -len(part)].replace("/", ".") + key] = torch.from_numpy(np.ascontiguousarray(array))
     own = {k.removeprefix("trunk."): v for k, v in FaceResNet().state_dict().items()}
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if missing or unexpected or wrong:
-        raise UserError(f"the face-api file does not fit networks.face_resnet: missing {missing[:4]}, "
-                        f"unexpected {unexpected[:4]}, wrong shapes {wrong[:4]}")
+    check_keys(own, state, "the face-api file", "networks.face_resnet")
     return state
 
 

@@ -79,20 +79,15 @@ def export_onnx(checkpoint, out, transform: Callable = prepare_for_export, opset
     Returns:
         the checkpoint's metadata, as stored in the file.
     """
-    from utils.checkpoint import load_model  # torch: only when exporting
+    from utils.checkpoint import ModelMeta, load_model  # torch: only when exporting
 
     model, meta = load_model(checkpoint, "cpu")
     model = transform(model).eval()
-    size = int(meta["img_size"])
-    proto = model_proto(model, size, opset)
-    stored = {k: meta[k] for k in ("model", "model_args", "classes", "img_size", "mean", "std")}
-    for key in ("grayscale", "converted_from", "epoch", "val_accuracy", "temperature"):
-        if key in meta:
-            stored[key] = meta[key]
-    stored["source_sha256"] = file_digest(checkpoint)
-    stored["export_version"] = EXPORT_VERSION
-    save_with_meta(proto, stored, out)
-    return stored
+    proto = model_proto(model, int(meta["img_size"]), opset)
+    stored = ModelMeta.from_dict(meta, checkpoint)  # the file's own extra keys are not carried over
+    stored.extra = {"source_sha256": file_digest(checkpoint), "export_version": EXPORT_VERSION}
+    save_with_meta(proto, stored.to_dict(), out)
+    return stored.to_dict()
 
 
 def model_proto(model, size: int, opset: int = OPSET):
