@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
 
 from networks import EfficientNetB3, build_model, default_input
@@ -245,8 +247,6 @@ def check_meta(meta: Dict[str, Any], source) -> Dict[str, Any]:
 def save_safetensors(state_dict: Dict[str, torch.Tensor], meta: Dict[str, Any], path: Path,
                      half: bool = True) -> None:
     """Write weights (floating tensors as fp16 when `half`) and metadata as one safetensors file."""
-    from safetensors.torch import save_file
-
     tensors = {}
     for k, v in state_dict.items():
         v = v.detach().cpu()
@@ -260,16 +260,21 @@ def update_meta(path, meta: Dict[str, Any]) -> None:
     """Rewrite a model file's metadata (atomically), its weights unchanged."""
     path = Path(path)
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
-        from safetensors.torch import save_file
-
-        with safe_open(str(path), framework="pt") as f:
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        tensors, _ = read_safetensors(path)
         atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"fer": json.dumps(meta)}))
     else:
         ckpt = load_checkpoint(path)
         ckpt["meta"] = meta
         save_checkpoint(ckpt, path)
+
+
+def read_safetensors(path) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
+    """(tensors, header metadata) of a .safetensors file; UserError if it cannot be read."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
+    except Exception as err:
+        raise UserError(f"{path} is not a readable safetensors file ({first_line(err)})") from None
 
 
 def read_weights(path) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
@@ -278,14 +283,7 @@ def read_weights(path) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
     if not path.is_file():
         raise UserError(f"checkpoint {path} not found")
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                header = f.metadata() or {}
-                state = {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as err:
-            raise UserError(f"{path} is not a readable safetensors file ({err})") from None
+        state, header = read_safetensors(path)
         if "fer" not in header:
             raise UserError(f"{path} has no project metadata; convert it with python3 -m utils.convert")
         meta = json.loads(header["fer"])
@@ -329,13 +327,7 @@ def read_state_dict(path, own_file_hint: str) -> Dict[str, torch.Tensor]:
     if not path.is_file():
         raise UserError(f"{path} not found")
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                header = f.metadata() or {}
-                state = {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as err:
-            raise UserError(f"{path} is not a readable safetensors file ({first_line(err)})") from None
+        state, header = read_safetensors(path)
         if "fer" in header and json.loads(header["fer"]).get("kind") != "trunk":
             raise UserError(f"{path} is a model of this project: {own_file_hint}")
         return state
