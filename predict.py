@@ -14,6 +14,7 @@ import sys
 import time
 
 from utils.errors import ArgumentParser, UserError, number, run_cli
+from utils.inference.annotate import AnnotationWriter
 from utils.inference.detectors import DETECTORS
 from utils.inference.fetch import add_limit_args, limits_from_args
 from utils.inference.recognizer import BACKENDS, DEFAULT_CHECKPOINT, ROOT, EmotionRecognizer
@@ -79,7 +80,6 @@ def main(args) -> int:
         raise UserError("--attention writes pictures: add --save-dir DIR")
     writer = None
     if args.save_dir:  # before the model loads: an unwritable folder is refused at once
-        from utils.inference.annotate import AnnotationWriter
         writer = AnnotationWriter(args.save_dir, attention=args.attention)
     recognizer = EmotionRecognizer(
         args.checkpoint, device=args.device, backend=args.backend,

@@ -12,10 +12,13 @@ import os
 import socket
 import sys
 
+import uvicorn
+
 from utils.errors import ArgumentParser, UserError, number, run_cli
 from utils.inference.detectors import DETECTORS
 from utils.inference.fetch import add_limit_args, limits_from_args
 from utils.inference.recognizer import DEFAULT_CHECKPOINT, ROOT, EmotionRecognizer
+from utils.server import ServeOptions, create_app
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -69,10 +72,6 @@ def listen(host: str, port: int) -> socket.socket:
 
 
 def main(args) -> int:
-    import uvicorn
-
-    from utils.server import ServeOptions, create_app
-
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     workers, threads = resolve_workers(args.workers, args.threads)
     recognizer = EmotionRecognizer(args.checkpoint, detector=args.detector, threads=threads, cache_dir=args.cache_dir,

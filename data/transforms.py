@@ -13,6 +13,7 @@ from typing import Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
+from torchvision.io import decode_jpeg, encode_jpeg
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -149,7 +150,6 @@ class TrainAugment:
 
     def jpeg(self, images: torch.Tensor) -> torch.Tensor:
         """Re-encode a share p_jpeg of the uint8 images as JPEG (on the CPU, where the codec runs)."""
-        from torchvision.io import decode_jpeg, encode_jpeg
 
         c = self.config
         apply = (torch.rand(images.shape[0]) < c.p_jpeg).nonzero().flatten().tolist()

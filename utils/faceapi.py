@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Tuple
 
 import numpy as np
 import torch
+from PIL import Image
 
 from networks.face_resnet import EMBEDDING_SIZE, FACE_RESNET_MEAN, FACE_RESNET_STD, INPUT_SIZE, FaceResNet
 from utils.checkpoint import check_keys, save_safetensors
@@ -166,8 +167,6 @@ def embed(model: FaceResNet, faces: np.ndarray) -> np.ndarray:
 
 def read_faces_png(paths: List[Path]) -> np.ndarray:
     """Stack 150x150 RGB PNG files into (N, 150, 150, 3) uint8."""
-    from PIL import Image
-
     faces = []
     for p in paths:
         with Image.open(io.BytesIO(Path(p).read_bytes())) as im:

@@ -57,7 +57,7 @@ def plot_confusion(cm: np.ndarray, classes: Sequence[str], path: Path, title: st
 def plot_tsne(features: np.ndarray, labels: np.ndarray, classes: Sequence[str], path: Path,
               max_points: int = 3000, seed: int = 0) -> None:
     """2-D t-SNE of pooled features, coloured by true class (a seeded subsample when large)."""
-    from sklearn.manifold import TSNE
+    from sklearn.manifold import TSNE  # scikit-learn takes about a second to import: only for t-SNE
 
     rng = np.random.default_rng(seed)
     if len(features) > max_points:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 import torch
+from safetensors import safe_open
 
 from utils.checkpoint import (atomic_write, fault_point, load_checkpoint, remove_stale_temps, save_checkpoint,
                               save_safetensors)
@@ -132,7 +133,6 @@ def _epoch(path: Path) -> Optional[int]:
     """The epoch a best.pth or best.safetensors holds; None when it is missing or unreadable."""
     try:
         if path.suffix == ".safetensors":
-            from safetensors import safe_open
 
             with safe_open(str(path), framework="pt") as f:
                 return json.loads((f.metadata() or {})["fer"])["epoch"]

@@ -25,6 +25,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import AsyncIterator, Dict, Optional, Tuple
 
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from PIL import Image, UnidentifiedImageError
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException, MultiPartParser
+
 from data.images import MAX_PIXELS, ImageTooLarge, decode_image
 from utils.errors import UserError, first_line
 from utils.files import file_digest
@@ -102,9 +111,6 @@ def decode(body: bytes, name: str, max_pixels: int):
     415: not an image at all; 422: an image that cannot be used (cut short, damaged, or over the
     pixel limit: a decompression bomb is refused from its header, before it is decoded).
     """
-    import numpy as np
-    from PIL import Image, UnidentifiedImageError
-
     if not body:
         raise ApiError(422, f"{name}: the image is empty")
     try:
@@ -153,8 +159,6 @@ async def _collect(chunks: AsyncIterator[bytes]) -> bytes:
 
 async def _upload(request, options: ServeOptions) -> Tuple[bytes, str]:
     """(image bytes, name) from a multipart form (its first file) or a raw image body."""
-    from starlette.formparsers import MultiPartException, MultiPartParser
-
     limit = options.limits.max_bytes
     if request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
         parser = MultiPartParser(request.headers, _read_body(request, limit, MULTIPART_SLACK), max_files=1,
@@ -177,8 +181,6 @@ async def _upload(request, options: ServeOptions) -> Tuple[bytes, str]:
 
 async def _download(request, limits: FetchLimits) -> Tuple[bytes, str, float]:
     """(image bytes, URL, ms) for JSON {"url": ...}; the download waits on its own thread."""
-    from starlette.concurrency import run_in_threadpool
-
     try:
         payload = json.loads(await _collect(_read_body(request, MAX_JSON_BYTES)))
     except ApiError:
@@ -246,11 +248,6 @@ ERRORS = {
 
 def create_app(recognizer, options: ServeOptions = ServeOptions()):
     """The FastAPI app around one recognizer (loaded once, shared by the pool's threads)."""
-    from fastapi import FastAPI, Request
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import HTMLResponse, JSONResponse
-    from starlette.exceptions import HTTPException
-
     pool = InferencePool(options.workers, options.queue)
     info = model_info(recognizer)
     info["limits"] = {"max_bytes": options.limits.max_bytes, "max_pixels": options.max_pixels,

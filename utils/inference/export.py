@@ -93,7 +93,7 @@ def export_onnx(checkpoint, out, transform: Callable = prepare_for_export, opset
 def model_proto(model, size: int, opset: int = OPSET):
     """Trace an eval-mode model to an ONNX ModelProto: input (B, 3, S, S) with B free; outputs
     logits and, for DAN, attention."""
-    import torch
+    import torch  # torch: only when exporting
 
     graph = _graph_outputs_class()(model).eval()  # export() restores the wrapper's mode: keep it eval
     example = torch.zeros(2, 3, size, size)
@@ -110,6 +110,7 @@ def model_proto(model, size: int, opset: int = OPSET):
 def quantize_int8(src: Path, dst: Path, calibration) -> Path:
     """Static int8 quantisation in ONNX Runtime (QDQ, per-channel int8 weights, uint8 activations),
     with activation ranges calibrated (min-max) on `calibration`, float32 (B, 3, S, S) batches."""
+    # The quantiser pulls in onnx: only when quantising.
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -149,7 +150,7 @@ def calibration_batches(folder, meta, images: int = 512, batch: int = 64):
 
 def _graph_outputs_class():
     """Defined on call, so that importing this module does not import torch."""
-    from torch import nn
+    from torch import nn  # torch: only when exporting
 
     class GraphOutputs(nn.Module):
         """Model -> the tuple the ONNX graph returns: (logits,) or (logits, attention)."""
@@ -226,7 +227,7 @@ def check_against_torch(checkpoint, onnx_path, batch: int = 3, seed: int = 0) ->
     """Largest |p_onnx - p_torch| over a random batch (softmax probabilities)."""
     import torch  # only when checking an export
 
-    from utils.checkpoint import load_model
+    from utils.checkpoint import load_model  # torch: as above
 
     model, meta = load_model(checkpoint, "cpu")
     size = int(meta["img_size"])
@@ -251,7 +252,7 @@ def main(args) -> None:
 
 def export_int8(fp32_path, data, meta) -> Path:
     """Quantise an exported fp32 graph to `<name>-int8.onnx`, keeping its metadata."""
-    import onnx
+    import onnx  # onnx: only when exporting (prediction needs ONNX Runtime alone)
 
     fp32_path = Path(fp32_path)
     dst = fp32_path.with_name(fp32_path.stem + "-int8.onnx")
@@ -262,7 +263,7 @@ def export_int8(fp32_path, data, meta) -> Path:
 
 def save_with_meta(proto, meta: Dict[str, Any], path) -> None:
     """Write an ONNX graph atomically with `meta` as its only metadata entry (JSON under META_KEY)."""
-    import onnx
+    import onnx  # as above
 
     from utils.checkpoint import atomic_write  # torch: only when exporting
 

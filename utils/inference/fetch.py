@@ -21,14 +21,17 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional, Tuple
+from typing import Optional, Tuple
 from urllib.parse import urlsplit
 
-from data.images import MAX_PIXELS
-from utils.errors import UserError, first_line, number
+import requests
+from PIL import Image
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
-if TYPE_CHECKING:
-    from PIL import Image
+from data.images import MAX_PIXELS, ImageTooLarge, decode_image
+from utils.errors import UserError, first_line, number
 
 CHUNK = 64 * 1024
 MB = 1024 * 1024
@@ -100,8 +103,6 @@ def fetch(url: str, limits: FetchLimits = FetchLimits()) -> Tuple[bytes, str]:
         DownloadTooLarge: a body larger than limits.max_bytes.
         UserError: a connection or HTTP error, too many redirects, a body cut short.
     """
-    import requests
-
     scheme = urlsplit(url).scheme.lower()
     if scheme not in ("http", "https"):
         raise UrlRefused(f"{url}: only http and https URLs are fetched")
@@ -155,8 +156,6 @@ class _Download:
 
 def _get(download: _Download) -> Tuple[bytes, str]:
     """The download itself (in the worker thread); see `fetch`."""
-    import requests
-
     url, limits, session = download.url, download.limits, download.session
     session.max_redirects = limits.max_redirects
     start = time.monotonic()
@@ -200,14 +199,12 @@ def _get(download: _Download) -> Tuple[bytes, str]:
         raise UserError(f"{url}: download failed ({first_line(err)})") from None
 
 
-def fetch_image(url: str, limits: FetchLimits = FetchLimits(), max_pixels: Optional[int] = None) -> "Image.Image":
+def fetch_image(url: str, limits: FetchLimits = FetchLimits(), max_pixels: Optional[int] = None) -> Image.Image:
     """Download `url` and decode it as an upright RGB image (see data.images.decode_image).
 
     Raises:
         UserError: as `fetch`, or the body is not a decodable image (an HTML page, say).
     """
-    from data.images import MAX_PIXELS, ImageTooLarge, decode_image
-
     body, content_type = fetch(url, limits)
     try:
         return decode_image(body, max_pixels or MAX_PIXELS, name=url)
@@ -261,11 +258,7 @@ def check_public_address(host: str, address: str) -> None:
 @functools.lru_cache(maxsize=None)
 def _public_only_adapter():
     """requests' adapter class whose every new connection (redirects included) is checked at the
-    address it reached; made on first use so that importing this module does not import requests."""
-    from requests.adapters import HTTPAdapter
-    from urllib3.connection import HTTPConnection, HTTPSConnection
-    from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-
+    address it reached; made once, on first use."""
     def checked(base):
         class Checked(base):
             def _new_conn(self):

@@ -89,8 +89,8 @@ class TorchRunner:
     def __init__(self, checkpoint, device: str = "cpu", threads: int = 2):
         import torch  # the torch backend only: the ONNX path runs without torch
 
-        from utils.checkpoint import load_model
-        from utils.misc import resolve_device
+        from utils.checkpoint import load_model  # torch: as above
+        from utils.misc import resolve_device  # torch: as above
 
         self.torch, self.device = torch, resolve_device(device)
         if self.device.type == "cpu" and threads > 0:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
+import cv2
 import numpy as np
 
 from data.images import MAX_PIXELS, decode_image
@@ -112,7 +113,6 @@ def iter_frames(name: str, source, frame_stride: int = 1, max_frames: Optional[i
 
     Stops at the end of the video, after `max_frames` yielded frames, or on Ctrl-C.
     """
-    import cv2
 
     capture = cv2.VideoCapture(source)
     if not capture.isOpened():
