@@ -15,12 +15,11 @@ from data.datasets import FaceFolder, find_datasets
 from data.loading import Batches, ShardedSampler, TensorCache
 from data.transforms import Normalize
 from utils.checkpoint import load_model, update_meta
-from utils.distributed import DistInfo
-from utils.engine import Precision, evaluate
+from utils.engine import Precision, Runtime, evaluate
 from utils.errors import ArgumentParser, UserError, number, run_cli
 from utils.metrics import (apply_temperature, calibration_bins, calibration_report, expected_calibration_error,
                            fit_temperature, format_table, full_report, mean_kl, multi_target_accuracy)
-from utils.misc import cpu_count, keep_freed_memory, resolve_device, setup_logging
+from utils.misc import cpu_count, resolve_device, setup_backend, setup_logging
 from utils.paths import DEFAULT_MODEL, ROOT
 from utils.plots import plot_confusion, plot_reliability, plot_tsne
 
@@ -134,9 +133,7 @@ def print_report(report: dict, split: str) -> None:
 def main(args) -> dict:
     setup_logging()
     device = resolve_device(args.device)
-    torch.set_num_threads(cpu_count())
-    if device.type == "cpu":
-        keep_freed_memory()
+    setup_backend(device, cpu_count())
     checkpoint = Path(args.checkpoint)
     if not checkpoint.is_file() and checkpoint == Path(DEFAULT_MODEL.relative_to(ROOT)):
         checkpoint = DEFAULT_MODEL
@@ -159,9 +156,9 @@ def main(args) -> dict:
     cache = TensorCache(dataset, torch.device("cpu"), workers, desc=f"loading {split}")
     batches = Batches(dataset, ShardedSampler(len(dataset), False), args.batch_size, cache)
     net = FlipTTA(model) if args.tta else model
-    result = evaluate(net, batches, Normalize(meta["mean"], meta["std"]), device=device,
-                      precision=Precision.choose(device, None), channels_last=True, dist_info=DistInfo(),
-                      desc=split, keep_features=not args.no_tsne)
+    result = evaluate(net, batches, Normalize(meta["mean"], meta["std"]),
+                      Runtime(device, Precision.choose(device, None), channels_last=True), desc=split,
+                      keep_features=not args.no_tsne)
     report = full_report(result["labels"], result["preds"], result["sources"], meta["classes"], dataset.sources)
     report.update({"checkpoint": str(checkpoint), "split": split, "tta": args.tta,
                    "data": [str(r) for r in roots], "excluded_classes": args.exclude_classes})

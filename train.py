@@ -8,10 +8,13 @@ import argparse
 import logging
 import math
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Optional, Tuple
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from data.datasets import FaceFolder, find_datasets
@@ -22,12 +25,12 @@ from networks import (MODELS, TRUNKS, build_criterion, build_model, default_inpu
 from networks.dan import group_heads
 from utils.checkpoint import ModelMeta, load_backbone, load_checkpoint, load_state_strict, training_checkpoint
 from utils.distributed import cleanup, init_distributed
-from utils.engine import BatchMix, Precision, TrainStep, evaluate, nonfinite_tensor, train_one_epoch
+from utils.engine import (BatchMix, Optimisation, Precision, Runtime, TrainInputs, TrainStep, evaluate,
+                          nonfinite_tensor, train_one_epoch)
 from utils.errors import ArgumentParser, UserError, number, run_cli
 from utils.finetune import init_from
 from utils.metrics import confusion_matrix, summarize
-from utils.misc import (cpu_count, default_workers, keep_freed_memory, resolve_device, seed_everything,
-                        setup_logging)
+from utils.misc import cpu_count, default_workers, resolve_device, seed_everything, setup_backend, setup_logging
 from utils.run_folder import RunFolder
 
 ROOT = Path(__file__).resolve().parent
@@ -290,43 +293,61 @@ def resume_args(args: argparse.Namespace, resume: dict) -> argparse.Namespace:
     return argparse.Namespace(**saved)
 
 
-def _train(args, device, dist_info) -> dict:
-    resume = None
-    if args.resume:
-        path = Path(args.resume)
-        args.resume = str(path / "last.pth" if path.is_dir() else path)
-        resume = load_checkpoint(args.resume)
-        if not all(k in resume for k in ("args", "optimizer", "epoch")):
-            raise UserError(f"{args.resume} holds weights only (no optimiser state or arguments), so it cannot be "
-                            "resumed; evaluate it with test.py or start a new run")
-        args = resume_args(args, resume)
-    else:
-        args = resolve_args(args)
-    torch.set_num_threads(args.threads or max(1, cpu_count() // dist_info.world_size))
-    if device.type == "cpu":
-        keep_freed_memory()
-    if args.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-    elif device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    seed_everything(args.seed)
-    out = Path(args.output)
-    run = RunFolder(out)
+def load_resume(args: argparse.Namespace) -> Tuple[argparse.Namespace, Optional[dict]]:
+    """(the run's resolved arguments, the checkpoint --resume names or None)."""
+    if not args.resume:
+        return resolve_args(args), None
+    path = Path(args.resume)
+    args.resume = str(path / "last.pth" if path.is_dir() else path)
+    resume = load_checkpoint(args.resume)
+    if not all(k in resume for k in ("args", "optimizer", "epoch")):
+        raise UserError(f"{args.resume} holds weights only (no optimiser state or arguments), so it cannot be "
+                        "resumed; evaluate it with test.py or start a new run")
+    return resume_args(args, resume), resume
+
+
+def open_run(args: argparse.Namespace, resume: Optional[dict], dist_info) -> RunFolder:
+    """The run folder, checked (never another run's) and, on the main process, started."""
+    run = RunFolder(Path(args.output))
     run.check(args.resume)
     if dist_info.is_main:
         run.start(vars(args), resume, args.resume)
-        log.info("run folder: %s", out)
+        log.info("run folder: %s", run.path)
+    return run
 
-    train_set, val_set, train_batches, val_batches, soft_targets = build_data(args, device, dist_info)
-    classes = train_set.classes
+
+def model_arguments(args: argparse.Namespace, classes) -> dict:
     model_args = {"num_classes": len(classes)}
     if args.model == "dan":
         model_args["num_heads"] = args.num_heads
         if args.trunk not in (None, "resnet18"):
             model_args["trunk"] = args.trunk  # absent for ResNet-18, as in files written before trunks
+    return model_args
+
+
+@dataclass
+class Training:
+    """What trains: the model (saved as it is), its criterion, both as one step, the module the
+    loop calls (the step, compiled and/or wrapped in DDP), the optimisation and the metadata."""
+
+    model: nn.Module
+    criterion: nn.Module
+    step: TrainStep
+    runner: nn.Module
+    opt: Optimisation
+    meta: ModelMeta
+
+    def checkpoint(self, **state) -> dict:
+        o = self.opt
+        return training_checkpoint(self.meta, self.model.state_dict(), criterion=self.criterion.state_dict(),
+                                   optimizer=o.optimizer.state_dict(), scheduler=o.scheduler.state_dict(),
+                                   scaler=o.scaler.state_dict(), **state)
+
+
+def build_training(args: argparse.Namespace, train_set: FaceFolder, iters: int, rt: Runtime,
+                   resume: Optional[dict]) -> Training:
+    """Model (random, --pretrained trunk or --init weights), criterion, optimiser and schedule."""
+    model_args = model_arguments(args, train_set.classes)
     fresh = resume is None and not args.init  # --init and --resume bring all the weights
     if args.pretrained and fresh:
         log.info("backbone weights: %s", args.pretrained)
@@ -336,97 +357,121 @@ def _train(args, device, dist_info) -> dict:
     if args.pretrained and fresh:
         load_backbone(model, args.pretrained)
     grouped = args.grouped_heads
-    if args.model == "dan" and (grouped if grouped is not None else device.type == "cuda"):
+    if args.model == "dan" and (grouped if grouped is not None else rt.device.type == "cuda"):
         model = group_heads(model)  # a DAN subclass with the same state dict: checkpoints stay plain DAN
-    criterion = build_criterion(args.model, model, args.label_smoothing)
+    criterion = build_criterion(args.model, model, args.label_smoothing, args.lambda_aff, args.lambda_part)
     if args.init and resume is None:
-        report = init_from(model, criterion, args.init, args.model, classes)
+        report = init_from(model, criterion, args.init, args.model, train_set.classes)
         log.info("initialised from %s: %s", args.init, report.summary())
-    channels_last = args.channels_last if args.channels_last is not None else True
-    step = TrainStep(model, criterion).to(device)
-    if channels_last:
+    step = TrainStep(model, criterion).to(rt.device)
+    if rt.channels_last:
         step = step.to(memory_format=torch.channels_last)
-    precision = Precision.choose(device, args.amp, args.amp_dtype)
     optimizer = make_optimizer(step, args)
-    iters = len(train_batches)
-    if iters == 0:
-        raise UserError("the training split is smaller than one batch; lower --batch-size")
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, iters, args))
-    scaler = torch.amp.GradScaler(device.type, enabled=precision.needs_scaler)
-    meta = ModelMeta.for_model(args.model, model_args, classes, args.img_size, grayscale=is_grayscale(train_set))
+    scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.precision.needs_scaler)
+    meta = ModelMeta.for_model(args.model, model_args, train_set.classes, args.img_size,
+                               grayscale=is_grayscale(train_set))
+    return Training(model, criterion, step, step, Optimisation(optimizer, scheduler, scaler), meta)
 
-    start_epoch, best, best_epoch, history = 1, -1.0, 0, []
-    if resume is not None:
-        if resume["meta"]["classes"] != classes:
-            raise UserError(f"the data's classes {classes} differ from the checkpoint's {resume['meta']['classes']}")
-        load_state_strict(model, resume["state_dict"], args.resume)
-        criterion.load_state_dict(resume["criterion"])
-        optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
-        if scaler.is_enabled() and resume.get("scaler"):  # empty when the run was saved without fp16
-            scaler.load_state_dict(resume["scaler"])
-        start_epoch = resume["epoch"] + 1
-        best, best_epoch, history = resume["best_metric"], resume["best_epoch"], resume["history"]
-        log.info("resumed from epoch %d (best val accuracy %.2f%% at epoch %d)", resume["epoch"], 100 * best, best_epoch)
 
-    runner = step
+def restore(t: Training, resume: Optional[dict], classes, source) -> Tuple[int, float, int, list]:
+    """(first epoch, best score, its epoch, history): a fresh run's, or the resumed run's with its
+    weights, centres, optimiser, schedule and scaler put back."""
+    if resume is None:
+        return 1, -1.0, 0, []
+    if resume["meta"]["classes"] != classes:
+        raise UserError(f"the data's classes {classes} differ from the checkpoint's {resume['meta']['classes']}")
+    load_state_strict(t.model, resume["state_dict"], source)
+    t.criterion.load_state_dict(resume["criterion"])
+    t.opt.optimizer.load_state_dict(resume["optimizer"])
+    t.opt.scheduler.load_state_dict(resume["scheduler"])
+    if t.opt.scaler.is_enabled() and resume.get("scaler"):  # empty when the run was saved without fp16
+        t.opt.scaler.load_state_dict(resume["scaler"])
+    log.info("resumed from epoch %d (best val accuracy %.2f%% at epoch %d)", resume["epoch"],
+             100 * resume["best_metric"], resume["best_epoch"])
+    return resume["epoch"] + 1, resume["best_metric"], resume["best_epoch"], resume["history"]
+
+
+def wrap(t: Training, args: argparse.Namespace, rt: Runtime) -> None:
+    """--compile, and DDP under torchrun."""
     if args.compile:
-        runner.model = torch.compile(model)
-    if dist_info.enabled:
-        runner = DistributedDataParallel(step, device_ids=[device.index or 0] if device.type == "cuda" else None)
-    augment = TrainAugment(augment_config(args), Normalize(meta.mean, meta.std))
+        t.step.model = torch.compile(t.model)
+    if rt.dist.enabled:
+        t.runner = DistributedDataParallel(t.step, device_ids=[rt.device.index or 0] if rt.device.type == "cuda"
+                                           else None)
+
+
+def train_inputs(args: argparse.Namespace, t: Training, train_set: FaceFolder, soft_targets, device) -> TrainInputs:
+    """Augmentation, label distributions, mixup or CutMix, and --logit-adjust's bias on the criterion."""
+    augment = TrainAugment(augment_config(args), Normalize(t.meta.mean, t.meta.std))
     mix = BatchMix(args.cutmix, cutmix=True) if args.cutmix else BatchMix(args.mixup) if args.mixup else None
     if mix is not None and soft_targets is None:  # mixing blends targets: one-hot where there are no votes
-        soft_targets = torch.nn.functional.one_hot(torch.as_tensor(train_set.labels), len(classes)).float().to(device)
+        soft_targets = F.one_hot(torch.as_tensor(train_set.labels), len(train_set.classes)).float().to(device)
     if args.logit_adjust:
         prior = torch.as_tensor(train_set.class_counts(), dtype=torch.float32).clamp(min=1)
-        criterion.logit_bias = (args.logit_adjust * (prior / prior.sum()).log()).to(device)
-    normalize = Normalize(meta.mean, meta.std)
-    weights = {"ce": 1.0, "affinity": args.lambda_aff, "partition": args.lambda_part}
+        t.criterion.logit_bias = (args.logit_adjust * (prior / prior.sum()).log()).to(device)
+    return TrainInputs(augment, soft_targets, mix)
+
+
+def validate(model: nn.Module, batches, val_set: FaceFolder, normalize, rt: Runtime, select: str) -> Tuple[dict, float]:
+    """(the epoch's val metrics for log.jsonl, the score --select keeps the best of)."""
+    result = evaluate(model, batches, normalize, rt, desc="val")
+    c = len(val_set.classes)
+    val = summarize(confusion_matrix(result["labels"], result["preds"], c))
+    by_source = {name: summarize(confusion_matrix(result["labels"][result["sources"] == i],
+                                                  result["preds"][result["sources"] == i], c))
+                 for i, name in enumerate(val_set.sources)}
+    record = {"val_loss": float(result["loss"].mean()), "val_acc": val["accuracy"],
+              "val_balanced_acc": val["balanced_accuracy"], "val_macro_f1": val["macro_f1"],
+              "val_acc_per_source": {name: m["accuracy"] for name, m in by_source.items()}}
+    score = val["accuracy"] if select == "accuracy" else sum(m["accuracy"] for m in by_source.values()) / len(by_source)
+    return record, score
+
+
+def _train(args, device, dist_info) -> dict:
+    args, resume = load_resume(args)
+    setup_backend(device, args.threads or max(1, cpu_count() // dist_info.world_size), args.deterministic)
+    seed_everything(args.seed)
+    run = open_run(args, resume, dist_info)
+    train_set, val_set, train_batches, val_batches, soft_targets = build_data(args, device, dist_info)
+    if len(train_batches) == 0:
+        raise UserError("the training split is smaller than one batch; lower --batch-size")
+    rt = Runtime(device, Precision.choose(device, args.amp, args.amp_dtype), args.channels_last is not False,
+                 dist_info)
+    t = build_training(args, train_set, len(train_batches), rt, resume)
+    start_epoch, best, best_epoch, history = restore(t, resume, train_set.classes, args.resume)
+    wrap(t, args, rt)
+    inputs = train_inputs(args, t, train_set, soft_targets, device)
+    normalize = Normalize(t.meta.mean, t.meta.std)
     log.info("%s: %.2fM parameters | %s | %s | batch %d x %d process(es) | %d iterations per epoch",
-             args.model, sum(p.numel() for p in model.parameters()) / 1e6, device,
-             f"autocast {precision.dtype}" if precision.enabled else "fp32",
-             train_batches.batch_size, dist_info.world_size, iters)
+             args.model, sum(p.numel() for p in t.model.parameters()) / 1e6, device,
+             f"autocast {rt.precision.dtype}" if rt.precision.enabled else "fp32",
+             train_batches.batch_size, dist_info.world_size, len(train_batches))
 
     for epoch in range(start_epoch, args.epochs + 1):
         seed_everything(args.seed + epoch)  # augmentation depends on (seed, epoch) only: resumes exactly
         train_batches.sampler.set_epoch(epoch)
         t0 = time.perf_counter()
-        stats = train_one_epoch(runner, train_batches, optimizer, scheduler, scaler, augment, device=device,
-                                precision=precision, loss_weights=weights, channels_last=channels_last,
-                                dist_info=dist_info, desc=f"epoch {epoch}/{args.epochs}", soft_targets=soft_targets, mix=mix)
-        result = evaluate(model, val_batches, normalize, device=device, precision=precision,
-                          channels_last=channels_last, dist_info=dist_info, desc="val")
-        val = summarize(confusion_matrix(result["labels"], result["preds"], len(classes)))
-        by_source = {name: summarize(confusion_matrix(result["labels"][result["sources"] == i],
-                                                      result["preds"][result["sources"] == i], len(classes)))
-                     for i, name in enumerate(val_set.sources)}
-        record = {"epoch": epoch, **stats, "val_loss": float(result["loss"].mean()), "val_acc": val["accuracy"],
-                  "val_balanced_acc": val["balanced_accuracy"], "val_macro_f1": val["macro_f1"],
-                  "val_acc_per_source": {name: m["accuracy"] for name, m in by_source.items()},
-                  "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
-        check_finite(step, record, epoch, out)
+        stats = train_one_epoch(t.runner, train_batches, t.opt, inputs, rt, f"epoch {epoch}/{args.epochs}")
+        val, score = validate(t.model, val_batches, val_set, normalize, rt, args.select)
+        record = {"epoch": epoch, **stats, **val, "lr": t.opt.optimizer.param_groups[0]["lr"],
+                  "seconds": time.perf_counter() - t0}
+        check_finite(t.step, record, epoch, run.path)
         history.append(record)
-        score = (val["accuracy"] if args.select == "accuracy"
-                 else sum(m["accuracy"] for m in by_source.values()) / len(by_source))
         improved = score > best
         if improved:
             best, best_epoch = score, epoch
         if dist_info.is_main:
-            ckpt = training_checkpoint(meta, model.state_dict(), criterion=criterion.state_dict(),
-                                       optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                                       scaler=scaler.state_dict(), epoch=epoch, best_metric=best,
-                                       best_epoch=best_epoch, history=history, args=vars(args), metrics=record)
-            run.save_epoch(ckpt, improved)
+            run.save_epoch(t.checkpoint(epoch=epoch, best_metric=best, best_epoch=best_epoch, history=history,
+                                        args=vars(args), metrics=record), improved)
             log.info("epoch %d/%d: train loss %.4f acc %.2f%% | val loss %.4f acc %.2f%% balanced %.2f%% | "
                      "%.0f img/s, %.0fs | best %.2f%% (epoch %d)", epoch, args.epochs, stats["train_loss"],
-                     100 * stats["train_acc"], record["val_loss"], 100 * val["accuracy"],
-                     100 * val["balanced_accuracy"], stats["train_images_per_s"], record["seconds"],
-                     100 * best, best_epoch)
+                     100 * stats["train_acc"], val["val_loss"], 100 * val["val_acc"], 100 * val["val_balanced_acc"],
+                     stats["train_images_per_s"], record["seconds"], 100 * best, best_epoch)
     if dist_info.is_main:
         log.info("done: best val accuracy %.2f%% at epoch %d; evaluate with: python3 test.py --checkpoint %s "
-                 "--data %s", 100 * best, best_epoch, out / "best.pth", " ".join(args.data))
-    return {"best_metric": best, "best_epoch": best_epoch, "output": str(out), "history": history}
+                 "--data %s", 100 * best, best_epoch, run.path / "best.pth", " ".join(args.data))
+    return {"best_metric": best, "best_epoch": best_epoch, "output": str(run.path), "history": history}
 
 
 if __name__ == "__main__":

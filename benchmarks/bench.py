@@ -54,10 +54,10 @@ from networks import build_criterion, build_model, fuse
 from networks.dan import group_heads
 from utils.checkpoint import load_model
 from utils.distributed import DistInfo
-from utils.engine import Precision, TrainStep, train_one_epoch
+from utils.engine import Optimisation, Precision, Runtime, TrainInputs, TrainStep, train_one_epoch
 from utils.errors import UserError, run_cli
 from utils.inference.export import model_proto, quantize_int8, session_options
-from utils.misc import cpu_count, keep_freed_memory, resolve_device, setup_logging
+from utils.misc import cpu_count, resolve_device, setup_backend, setup_logging
 
 ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("bench")
@@ -318,9 +318,9 @@ class Trainer:
             self.run(s.warmup)
 
     def run(self, steps: int) -> None:
-        train_one_epoch(self.step, Repeat(self.batches, steps), self.optimizer, self.scheduler, self.scaler,
-                        self.augment, device=self.s.device, precision=self.precision, loss_weights={},
-                        channels_last=self.setup.channels_last, dist_info=QUIET, desc="bench")
+        train_one_epoch(self.step, Repeat(self.batches, steps),
+                        Optimisation(self.optimizer, self.scheduler, self.scaler), TrainInputs(self.augment),
+                        Runtime(self.s.device, self.precision, self.setup.channels_last, QUIET), desc="bench")
 
     def images_per_s(self) -> float:
         return self.s.steps * self.s.batch / _timed(lambda: self.run(self.s.steps), 1, self.s.device)[0]
@@ -711,12 +711,8 @@ def main(args) -> Dict:
     # (a 2-thread OpenMP region waits for a descheduled thread at every barrier).
     threads = args.threads or (1 if args.quick else cpu_count())
     infer_threads = args.infer_threads or (1 if args.quick else 2)
-    torch.set_num_threads(threads)
-    tuned_malloc = device.type == "cpu" and keep_freed_memory()  # as train.py and test.py run on the CPU
-    if device.type == "cuda":  # as train.py sets them; autotuning every shape would make --quick slow
-        torch.backends.cudnn.benchmark = not args.quick
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    # as train.py and test.py set them; autotuning every shape would make --quick slow
+    tuned_malloc = setup_backend(device, threads, autotune=not args.quick)
     info = describe_machine(device, threads)
     info["malloc_keeps_freed_memory"] = tuned_malloc
     data = resolve_data(args)

@@ -58,9 +58,11 @@ def build_model(name: str, num_classes: int, **options) -> nn.Module:
     return MODELS[name](num_classes=num_classes, **options)
 
 
-def build_criterion(name: str, model: nn.Module, label_smoothing: float = 0.0) -> nn.Module:
+def build_criterion(name: str, model: nn.Module, label_smoothing: float = 0.0, lambda_aff: float = 1.0,
+                    lambda_part: float = 1.0) -> nn.Module:
+    """The model's criterion; it owns its terms' weights (`weight_dict`) and sums them (`total`)."""
     if name == "dan":
-        return DANCriterion(model.num_classes, model.num_features, label_smoothing)
+        return DANCriterion(model.num_classes, model.num_features, label_smoothing, lambda_aff, lambda_part)
     return CECriterion(label_smoothing)
 
 

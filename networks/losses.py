@@ -67,13 +67,19 @@ class DANCriterion(nn.Module):
         num_classes: C.
         feat_dim: D, the pooled feature size.
         label_smoothing: for the cross-entropy term.
+        lambda_aff, lambda_part: the weights of the affinity and partition terms (`weight_dict`).
     """
 
-    def __init__(self, num_classes: int, feat_dim: int = 512, label_smoothing: float = 0.0):
+    def __init__(self, num_classes: int, feat_dim: int = 512, label_smoothing: float = 0.0,
+                 lambda_aff: float = 1.0, lambda_part: float = 1.0):
         super().__init__()
         self.centers = nn.Parameter(torch.randn(num_classes, feat_dim))
         self.label_smoothing = label_smoothing
+        self.weight_dict = {"ce": 1.0, "affinity": lambda_aff, "partition": lambda_part}
         self.logit_bias: Optional[torch.Tensor] = None  # see classification_loss; not part of the state
+
+    def total(self, losses: Dict[str, torch.Tensor]) -> torch.Tensor:
+        return total_loss(losses, self.weight_dict)
 
     def forward(self, output: ModelOutput, labels: torch.Tensor,
                 soft: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
@@ -90,7 +96,11 @@ class CECriterion(nn.Module):
     def __init__(self, label_smoothing: float = 0.0):
         super().__init__()
         self.label_smoothing = label_smoothing
+        self.weight_dict = {"ce": 1.0}
         self.logit_bias: Optional[torch.Tensor] = None
+
+    def total(self, losses: Dict[str, torch.Tensor]) -> torch.Tensor:
+        return total_loss(losses, self.weight_dict)
 
     def forward(self, output: ModelOutput, labels: torch.Tensor,
                 soft: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:

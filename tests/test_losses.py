@@ -50,6 +50,11 @@ def test_criterion_terms_and_weighted_total():
     total = total_loss(losses, {"ce": 1.0, "affinity": 0.5, "partition": 2.0})
     expected = losses["ce"] + 0.5 * losses["affinity"] + 2.0 * losses["partition"]
     assert math.isclose(total.item(), expected.item(), rel_tol=1e-6)
+    # the criterion owns its weights (--lambda-aff, --lambda-part) and sums its own terms
+    weighted = DANCriterion(num_classes=3, feat_dim=4, lambda_aff=0.5, lambda_part=2.0)
+    assert weighted.weight_dict == {"ce": 1.0, "affinity": 0.5, "partition": 2.0}
+    weighted.load_state_dict(criterion.state_dict())
+    assert math.isclose(weighted.total(weighted(out, labels)).item(), expected.item(), rel_tol=1e-6)
 
 
 def test_written_out_variance_equals_torch_var():

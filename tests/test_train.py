@@ -116,7 +116,7 @@ def test_fp16_autocast_with_grad_scaler_trains(monkeypatch):
     from data.transforms import PRESETS, Normalize, TrainAugment
     from networks import build_criterion, build_model
     from utils.distributed import DistInfo
-    from utils.engine import Precision, TrainStep, train_one_epoch
+    from utils.engine import Optimisation, Precision, Runtime, TrainInputs, TrainStep, train_one_epoch
 
     torch.manual_seed(0)
     model = build_model("dan", num_classes=3)
@@ -131,9 +131,9 @@ def test_fp16_autocast_with_grad_scaler_trains(monkeypatch):
     labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
     batches = [(images[:4], labels[:4], None, None), (images[4:], labels[4:], None, None)]
     before = model.fc.weight.detach().clone()
-    stats = train_one_epoch(step, batches, optimizer, scheduler, scaler, TrainAugment(PRESETS["none"], Normalize()),
-                            device=torch.device("cpu"), precision=precision, loss_weights={}, channels_last=True,
-                            dist_info=DistInfo(rank=1, world_size=1), desc="fp16")
+    stats = train_one_epoch(step, batches, Optimisation(optimizer, scheduler, scaler),
+                            TrainInputs(TrainAugment(PRESETS["none"], Normalize())),
+                            Runtime(torch.device("cpu"), precision, True, DistInfo(rank=1, world_size=1)), "fp16")
     assert torch.isfinite(torch.tensor(stats["train_loss"]))
     assert not torch.equal(before, model.fc.weight)
     assert scaler.state_dict()["scale"] == 2.0 ** 8  # no overflow at this scale, so no step was skipped

@@ -1,7 +1,7 @@
 """The training step, one training epoch and evaluation: the loop reads the same on CPU and GPU."""
 import time
-from dataclasses import dataclass
-from typing import Dict, Optional
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Optional
 
 import numpy as np
 import torch
@@ -10,7 +10,6 @@ from torch import nn
 from tqdm import tqdm
 
 from data.transforms import mix_batch
-from networks.losses import total_loss
 from utils.distributed import DistInfo, all_gather_cat, all_reduce_sum
 from utils.errors import UserError
 
@@ -46,12 +45,47 @@ class Precision:
         return self.enabled and self.dtype == torch.float16
 
 
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how the tensors run: the device, autocast, channels_last, the distributed state."""
+
+    device: torch.device
+    precision: Precision = field(default_factory=Precision)
+    channels_last: bool = False
+    dist: DistInfo = field(default_factory=DistInfo)
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.precision.dtype, enabled=self.precision.enabled)
+
+
+@dataclass
+class Optimisation:
+    """What takes a step: the optimiser, its per-iteration scheduler, the (maybe disabled) GradScaler."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+
+
+@dataclass
+class TrainInputs:
+    """How a batch becomes the model's input and targets: the device-side augmentation, label
+    distributions (N, C) on the device indexed by sample (or None), mixup or CutMix (or None)."""
+
+    augment: Callable[[torch.Tensor], torch.Tensor]
+    soft_targets: Optional[torch.Tensor] = None
+    mix: Optional[BatchMix] = None
+
+
 MAX_NONFINITE_STEPS = 3  # training stops after this many steps in a row with a NaN or infinite loss
 
 
 class TrainStep(nn.Module):
     """Model and criterion as one module, so DDP also averages the criterion's parameters
-    (DAN's class centers) across ranks."""
+    (DAN's class centers) across ranks. Returns (logits, loss terms, their weighted total)."""
 
     def __init__(self, model: nn.Module, criterion: nn.Module):
         super().__init__()
@@ -60,18 +94,19 @@ class TrainStep(nn.Module):
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor, soft: Optional[torch.Tensor] = None):
         output = self.model(images)
-        return output.logits, self.criterion(output, labels, soft)
+        losses = self.criterion(output, labels, soft)
+        return output.logits, losses, self.criterion.total(losses)
 
 
-def train_one_epoch(step: nn.Module, batches, optimizer, scheduler, scaler, augment, *, device: torch.device,
-                    precision: Precision, loss_weights: Dict[str, float], channels_last: bool,
-                    dist_info: DistInfo, desc: str, soft_targets: Optional[torch.Tensor] = None,
-                    mix: Optional[BatchMix] = None) -> Dict[str, float]:
+def train_one_epoch(step: nn.Module, batches, opt: Optimisation, inputs: TrainInputs, rt: Runtime,
+                    desc: str) -> Dict[str, float]:
     """One pass over `batches`; returns the mean of each loss term, total loss, accuracy and images/s.
 
-    `soft_targets` (N, C) on `device`, indexed by sample index, replaces the labels in the
-    cross-entropy term (label distributions from annotators' votes); `mix` (mixup or CutMix)
-    needs them. With `mix`, the label of the larger part stands for the image elsewhere."""
+    `inputs.soft_targets` replaces the labels in the cross-entropy term (label distributions from
+    annotators' votes); `inputs.mix` (mixup or CutMix) needs them. With a mix, the label of the
+    larger part stands for the image elsewhere."""
+    device, dist_info = rt.device, rt.dist
+    optimizer, soft_targets, mix = opt.optimizer, inputs.soft_targets, inputs.mix
     step.train()
     # Reading a number back waits for the GPU: do it every 50 steps there, every 10 on the CPU.
     log_every = 50 if device.type == "cuda" else 10
@@ -88,20 +123,17 @@ def train_one_epoch(step: nn.Module, batches, optimizer, scheduler, scaler, augm
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
         soft = soft_targets[indices.to(device, non_blocking=True)] if soft_targets is not None else None
-        x = augment(images)
+        x = inputs.augment(images)
         if mix is not None:
             x, soft, lam, perm = mix_batch(x, soft, mix.alpha, mix.cutmix)
             labels = labels if lam >= 0.5 else labels[perm]
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=precision.dtype, enabled=precision.enabled):
-            logits, losses = step(x, labels, soft)
-        loss = total_loss(losses, loss_weights)
+        with rt.autocast():
+            logits, losses, loss = step(rt.prepare(x), labels, soft)
         optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
+        opt.scaler.scale(loss).backward()
+        opt.scaler.step(optimizer)
+        opt.scaler.update()
+        opt.scheduler.step()
 
         n = labels.shape[0]
         finite = torch.isfinite(loss.detach())
@@ -150,20 +182,18 @@ def nonfinite_tensor(state: Dict[str, torch.Tensor]) -> Optional[str]:
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, batches, normalize, *, device: torch.device, precision: Precision,
-             channels_last: bool, dist_info: DistInfo, desc: str = "eval",
+def evaluate(model: nn.Module, batches, normalize, rt: Runtime, desc: str = "eval",
              keep_features: bool = False) -> Dict[str, np.ndarray]:
     """Predict every batch; returns numpy arrays gathered from all ranks, in sample-index order:
     indices, labels, sources, preds, probs (N, C), loss (N,) and features (N, D) if asked."""
+    device, dist_info = rt.device, rt.dist
     model.eval()
     parts = {k: [] for k in ("indices", "labels", "sources", "probs", "loss", "features")}
     bar = tqdm(batches, desc=desc, unit="batch", dynamic_ncols=True, leave=False, disable=not dist_info.is_main)
     for images, labels, sources, indices in bar:
-        x = normalize(images.to(device, non_blocking=True))
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = rt.prepare(normalize(images.to(device, non_blocking=True)))
         labels = labels.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=precision.dtype, enabled=precision.enabled):
+        with rt.autocast():
             output = model(x)
         logits = output.logits.float()
         parts["loss"].append(F.cross_entropy(logits, labels, reduction="none"))

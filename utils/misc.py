@@ -62,9 +62,7 @@ def keep_freed_memory() -> bool:
     heap tops are trimmed, so each training step page-faults its activations in again: here
     16,000 (DAN, 112 px) to 794,000 (EfficientNet-B3, 224 px) minor faults per step, up to half
     the step spent in the kernel. With large blocks served from the heap, no trimming and a
-    256 MiB top pad the faults are gone: train.py runs 1.02x (DAN, 112 px) to 1.31x
-    (EfficientNet-B3, 224 px) faster here, a bare training loop 1.10-1.79x (docs/speed.md).
-    The process keeps its peak memory until it exits, which suits training and evaluation.
+    256 MiB top pad the faults are gone (what that is worth: docs/speed.md). The process keeps its peak memory until it exits, which suits training and evaluation.
     Does nothing (returns False) off glibc, or with FER_MALLOC_TUNING=0 in the environment.
     """
     if os.environ.get("FER_MALLOC_TUNING", "1") == "0" or not sys.platform.startswith("linux"):
@@ -75,6 +73,23 @@ def keep_freed_memory() -> bool:
         return False
     return all(mallopt(option, value) == 1 for option, value in
                ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1), (_M_TOP_PAD, 256 << 20)))
+
+
+def setup_backend(device: torch.device, threads: int, deterministic: bool = False, autotune: bool = True) -> bool:
+    """The back-end settings of train.py, test.py and the benchmark: `threads` CPU threads; on the
+    CPU, glibc's allocator keeps freed memory (keep_freed_memory); on CUDA, cudnn autotuning (unless
+    `autotune` is off) and TF32 matrix products; `deterministic` kernels when asked (no autotuning).
+    Returns whether the allocator was tuned."""
+    torch.set_num_threads(threads)
+    tuned = device.type == "cpu" and keep_freed_memory()
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = autotune
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return tuned
 
 
 def cpu_count() -> int:
