@@ -58,7 +58,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def format_table(item: Input, faces, classes, ms: float) -> str:
+def format_faces(item: Input, faces, classes, ms: float) -> str:
     """A readable block: the input, then one row per face with every class's probability."""
     title = item.name if item.frame is None else f"{item.name} frame {item.frame}"
     if not faces:
@@ -111,7 +111,7 @@ def main(args) -> int:
         if args.json:
             print(json.dumps(record(item, faces, ms)), flush=True)
         elif predicted:
-            print(format_table(item, faces, recognizer.classes, ms), flush=True)
+            print(format_faces(item, faces, recognizer.classes, ms), flush=True)
     return 1 if failed else 0
 
 

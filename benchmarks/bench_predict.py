@@ -127,7 +127,7 @@ def latency(checkpoint: str, photo: str, detector: str, runs: int, threads: int,
         decode_end = time.perf_counter()
         faces = recognizer.predict(decoded)
         json.dumps(predict.record(item, faces, 0.0))
-        predict.format_table(item, faces, recognizer.classes, 0.0)
+        predict.format_faces(item, faces, recognizer.classes, 0.0)
         end = time.perf_counter()
         if i < 10:
             for key in parts:

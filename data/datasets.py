@@ -26,9 +26,10 @@ from .votes import VOTES, majority_agreement, read_votes, soft_targets
 log = logging.getLogger(__name__)
 
 
-
 @dataclass(frozen=True)
-class Sample:
+class FolderImage:
+    """One image of a FaceFolder: its file, class index, source index and dataset folder."""
+
     path: str
     label: int
     source: int
@@ -94,7 +95,7 @@ class FaceFolder(Dataset):
         self.sources = sorted({item[2] for item in found})
         index = {c: i for i, c in enumerate(self.classes)}
         src_index = {s: i for i, s in enumerate(self.sources)}
-        self.samples = [Sample(str(p), index[c], src_index[s], r) for p, c, s, r in found]
+        self.samples = [FolderImage(str(p), index[c], src_index[s], r) for p, c, s, r in found]
         if not self.samples:
             raise UserError(f"no images found in the {split} split of {', '.join(map(str, self.roots))}")
 
