@@ -117,8 +117,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--amp-dtype", default="auto", choices=["auto", "bf16", "fp16"],
                    help="autocast type on CUDA (auto: bf16 where the GPU has it, else fp16 with a GradScaler)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                   help="channels_last memory format (default: on; CPU training is 1.1x (DAN) to 1.5x "
-                        "(EfficientNet-B3) faster with it here)")
+                   help="channels_last memory format (default: on; faster for every model here: docs/speed.md)")
     p.add_argument("--grouped-heads", action=argparse.BooleanOptionalAction, default=None,
                    help="run DAN's heads together as grouped convolutions (same weights and checkpoints; "
                         "default: on for CUDA, where it is faster, off on the CPU, where it is not)")

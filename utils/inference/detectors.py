@@ -20,8 +20,8 @@ from .mtcnn import MTCNN
 class HaarDetector:
     """OpenCV's Viola-Jones cascade; the XML ships in opencv-python(-headless) 4.x under cv2.data.
 
-    Detection runs on a copy shrunk so its longer side is at most `max_side` pixels, which keeps a
-    640x480 photo at about 10 ms; faces smaller than about `min_face` pixels at that scale are missed.
+    Detection runs on a copy shrunk so its longer side is at most `max_side` pixels, which keeps it
+    fast on large photos (docs/predict.md); faces smaller than about `min_face` pixels at that scale are missed.
 
     Args:
         cascade: file name under cv2.data.haarcascades.
