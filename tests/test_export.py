@@ -1,10 +1,12 @@
 """ONNX export with BatchNorm folding, and the int8 export calibrated on a dataset."""
 import numpy as np
 import onnxruntime as ort
+import pytest
 import torch
 
 from networks import build_model
 from utils.checkpoint import save_safetensors
+from conftest import FACE_CLASSES
 from utils.inference.export import EXPORT_VERSION, calibration_batches, export_int8, export_onnx, read_onnx_meta
 
 CLASSES = ["angry", "happy", "sad"]
@@ -52,3 +54,29 @@ def test_fused_export_matches_pytorch_and_int8_export_keeps_metadata(tiny_data, 
     probs = run(int8, faces)
     assert probs.shape == (8, 3) and np.allclose(probs.sum(1), 1, atol=1e-5)
     assert 1e-4 < np.abs(probs - expected).max() < 0.15 and np.abs(probs - expected).mean() < 0.08
+
+
+def test_export_command_and_onnx_checkpoint(checkpoint, workdir, astronaut, recognizer, capsys):
+    from utils import export_onnx
+
+    out = workdir / "exported.onnx"
+    export_onnx.main(export_onnx.get_args_parser().parse_args(
+        ["--checkpoint", str(checkpoint), "--out", str(out), "--check"]))
+    printed = capsys.readouterr().out
+    assert "wrote" in printed and float(printed.split("=")[-1]) < 1e-4
+    meta = export_onnx.read_onnx_meta(out)
+    assert meta["classes"] == FACE_CLASSES and meta["img_size"] == 64
+    from utils.inference.recognizer import EmotionRecognizer
+
+    from_onnx = EmotionRecognizer(out, threads=1, detector="haar")
+    assert from_onnx.predict(astronaut)[0].probabilities == pytest.approx(
+        recognizer.predict(astronaut)[0].probabilities, abs=1e-6)
+
+def test_cache_is_keyed_by_content(checkpoint, cache_dir, workdir):
+    from utils.inference.export import cached_onnx
+
+    first = cached_onnx(checkpoint, cache_dir)
+    copy = workdir / "copy" / checkpoint.name
+    copy.parent.mkdir()
+    copy.write_bytes(checkpoint.read_bytes())
+    assert cached_onnx(copy, cache_dir) == first  # same bytes: no second export

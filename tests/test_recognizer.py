@@ -1,0 +1,92 @@
+"""utils.inference.recognizer: every face of a photo classified in one batch, ONNX Runtime against
+PyTorch, grey or colour crops, flip TTA, the default model's absence."""
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import FACE_CLASSES as CLASSES
+from conftest import make_checkpoint
+from utils.errors import UserError
+from utils.inference.recognizer import EmotionRecognizer, Face
+
+
+def test_predict_one_face(recognizer, astronaut):
+    faces = recognizer.predict(astronaut)
+    assert len(faces) == 1 and isinstance(faces[0], Face)
+    assert list(faces[0].probabilities) == CLASSES
+    assert abs(sum(faces[0].probabilities.values()) - 1) < 1e-6
+    assert faces[0].attention.shape == (4, 2, 2)  # DAN at 64 px: a 2x2 trunk grid
+    assert recognizer.backend == "onnx"
+    encoded = io.BytesIO()
+    Image.fromarray(astronaut).save(encoded, format="PNG")
+    from_bytes = recognizer.predict(encoded.getvalue())[0]
+    assert from_bytes.box == faces[0].box
+    assert from_bytes.probabilities == pytest.approx(faces[0].probabilities, abs=1e-6)
+
+def test_all_faces_classified_in_one_batch(recognizer, photos, monkeypatch):
+    batches = []
+    run = recognizer.runner.__call__
+    monkeypatch.setattr(recognizer, "runner", lambda x: batches.append(len(x)) or run(x))
+    faces = recognizer.predict(photos / "four.jpg")
+    assert len(faces) == 4 and batches == [8]  # the four faces and their mirror images (flip TTA)
+    centres = sorted((f.box[0] + f.box[2] // 2 > 400, f.box[1] + f.box[3] // 2 > 300) for f in faces)
+    assert centres == [(False, False), (False, True), (True, False), (True, True)]
+
+def test_no_face_is_no_prediction(recognizer, photos):
+    assert recognizer.predict(photos / "noface.png") == []
+
+def test_no_detect_classifies_the_whole_image(checkpoint, cache_dir, photos):
+    whole = EmotionRecognizer(checkpoint, detector="none", cache_dir=cache_dir, threads=1)
+    faces = whole.predict(photos / "noface.png")
+    assert len(faces) == 1 and faces[0].box == (0, 0, 320, 240)
+
+def test_onnx_matches_pytorch_within_1e_4(checkpoint, cache_dir, recognizer, photos):
+    torch_recognizer = EmotionRecognizer(checkpoint, backend="torch", threads=1, detector="haar")
+    for name in ("one.jpg", "four.jpg"):
+        a, b = recognizer.predict(photos / name), torch_recognizer.predict(photos / name)
+        assert len(a) == len(b) > 0
+        for fa, fb in zip(a, b):
+            pa, pb = np.array(list(fa.probabilities.values())), np.array(list(fb.probabilities.values()))
+            assert np.abs(pa - pb).max() < 1e-4
+            assert pa.max() < 0.9  # a meaningful comparison, not two one-hot vectors
+            assert np.abs(fa.attention - fb.attention).max() < 1e-3 * max(1.0, np.abs(fb.attention).max())
+    rng = np.random.default_rng(0)
+    faces = rng.integers(0, 256, (5, 64, 64, 3), dtype=np.uint8)
+    assert np.abs(recognizer.classify(faces)[0] - torch_recognizer.classify(faces)[0]).max() < 1e-4
+
+def test_grey_crops_unless_the_checkpoint_says_colour(recognizer, workdir, photos):
+    assert recognizer.grayscale  # the checkpoint does not say: grey, as FER2013 models need
+    colour = EmotionRecognizer(make_checkpoint(workdir / "colour.safetensors", grayscale=False),
+                               backend="torch", threads=1, detector="haar")
+    assert not colour.grayscale
+    assert not np.array_equal(colour.predict(photos / "one.jpg")[0].crop[..., 0],
+                              colour.predict(photos / "one.jpg")[0].crop[..., 1])
+
+def test_missing_default_model_says_how_to_get_one(monkeypatch, tmp_path):
+    import utils.inference.recognizer as rec
+
+    monkeypatch.setattr(rec, "DEFAULT_CHECKPOINT", tmp_path / "Data" / "dan_fer2013.safetensors")
+    monkeypatch.setattr(rec, "ROOT", tmp_path)
+    with pytest.raises(UserError) as err:
+        EmotionRecognizer()
+    assert "train.py" in str(err.value) and "--checkpoint" in str(err.value) and "\n" not in str(err.value)
+
+def test_flip_tta_averages_the_logits_of_each_face_and_its_mirror(recognizer):
+    rng = np.random.default_rng(0)
+    faces = rng.integers(0, 256, (3, recognizer.img_size, recognizer.img_size, 3), dtype=np.uint8)
+    from utils.inference.faces import normalize
+    from utils.inference.export import softmax
+    logits = recognizer.runner(normalize(np.concatenate([faces, faces[:, :, ::-1]]), recognizer.mean,
+                                         recognizer.std))["logits"]
+    expected = softmax((logits[:3] + logits[3:]) / 2 / recognizer.temperature)
+    probs, _ = recognizer.classify(faces)
+    assert np.allclose(probs, expected, atol=1e-6)
+    recognizer.tta = False
+    try:
+        single, _ = recognizer.classify(faces)
+    finally:
+        recognizer.tta = True
+    assert np.allclose(single, softmax(logits[:3] / recognizer.temperature), atol=1e-6)
+    assert not np.allclose(single, probs, atol=1e-4)
