@@ -75,6 +75,6 @@ def default_pretrained(name: str, root: Path, trunk: Optional[str] = None) -> Op
     return None
 
 
-__all__ = ["MODELS", "TRUNKS", "ModelOutput", "build_model", "build_criterion",
-           "default_input", "default_pretrained", "min_input_size", "model_trunk", "total_loss", "DAN", "EfficientNetB3",
+__all__ = ["MODELS", "TRUNKS", "ModelOutput", "build_model", "build_criterion", "default_input",
+           "default_pretrained", "min_input_size", "model_trunk", "total_loss", "DAN", "EfficientNetB3",
            "FaceResNetClassifier", "ResNet18", "fuse"]

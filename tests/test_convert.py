@@ -377,7 +377,7 @@ def test_old_files_without_batch_counters_convert(tmp_path, small_state, images)
 
 def test_project_checkpoint_is_not_converted_again(tmp_path, reference):
     convert(dan_release(tmp_path / "src.pth", reference.state_dict()), "dan-rafdb", tmp_path / "dan.pth")
-    with pytest.raises(UserError, match="already a checkpoint of this project"):
+    with pytest.raises(UserError, match="is a checkpoint of this project: use it directly"):
         convert(tmp_path / "dan.pth", "dan-rafdb", tmp_path / "again.pth")
 
 

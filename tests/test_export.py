@@ -64,7 +64,7 @@ def test_export_command_and_onnx_checkpoint(checkpoint, workdir, astronaut, reco
         ["--checkpoint", str(checkpoint), "--out", str(out), "--check"]))
     printed = capsys.readouterr().out
     assert "wrote" in printed and float(printed.split("=")[-1]) < 1e-4
-    meta = export_onnx.read_onnx_meta(out)
+    meta = read_onnx_meta(out)
     assert meta["classes"] == FACE_CLASSES and meta["img_size"] == 64
     from utils.inference.recognizer import EmotionRecognizer
 

@@ -285,7 +285,7 @@ def test_malformed_fer2013_csv_is_one_line(tmp_path, header, rows, message, caps
 def test_convert_names_the_label_order_it_assumed(monkeypatch, tmp_path, capsys):
     """A RAF-DB file given as --format dan-affectnet7 cannot be told apart by its contents; the
     converter says which order it assumed, how to check it, and warns when the name disagrees."""
-    meta = {"model_args": {"num_heads": 4}, "classes": list(convert.FORMATS["dan-affectnet7"].classes)}
+    meta = {"model_args": {"num_heads": 4}, "classes": list(convert.FORMATS["dan-affectnet7"].classes), "img_size": 224}
     monkeypatch.setattr(convert, "convert", lambda *args: meta)
     src = tmp_path / "rafdb_epoch21_acc0.897_bacc0.8275.pth"
     convert.main(convert.get_args_parser().parse_args(["--src", str(src), "--format", "dan-affectnet7", "--dst",
