@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from networks import build_model
-from utils.checkpoint import load_checkpoint, read_weights
+from utils.checkpoint import check_keys, load_checkpoint, read_weights
 from utils.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -76,12 +76,11 @@ def init_from(model: nn.Module, criterion: Optional[nn.Module], path, model_name
     old = list(meta["classes"])
     indexed = set(class_indexed_keys(model_name, meta["model_args"], len(old)))
     own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    wrong = sorted(k for k in set(own) & set(state) - indexed if own[k].shape != state[k].shape)
-    if missing or unexpected or wrong:
-        raise UserError(f"--init {path} does not fit the new model (other constructor arguments?): missing "
-                        f"{missing[:4]}, unexpected {unexpected[:4]}, other shapes {wrong[:4]}")
+
+    def rows_aside(tensors):  # a class-indexed tensor may have another number of rows: compare the rest
+        return {k: v[:0] if k in indexed else v for k, v in tensors.items()}
+
+    check_keys(rows_aside(own), rows_aside(state), f"--init {path}", "the new model (other constructor arguments?)")
     new_state = {k: carry_rows(own[k], v, classes, old) if k in indexed else v for k, v in state.items()}
     model.load_state_dict(new_state)
     report = InitReport(tensors=len(new_state), carried=[c for c in classes if c in old],
