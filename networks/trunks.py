@@ -41,16 +41,15 @@ class Trunk:
     channels: int  # of the feature map
     input: InputConfig
     pretrained: Tuple[str, ...]  # files under the repo root that --pretrained auto tries, in order
-    about: str
     min_size: int = 32  # the smallest input side it takes
 
 
 IMAGENET_224 = InputConfig(224, IMAGENET_MEAN, IMAGENET_STD)
 TRUNKS = {
-    "resnet18": Trunk(resnet18_trunk, 512, IMAGENET_224, ("Data/resnet18_msceleb.pth", "Data/resnet18.pth"),
-                      "torchvision's ResNet-18 (11.2M parameters), 7x7 map at 224 px"),
+    # torchvision's ResNet-18 (11.2M parameters): a 7x7 map at 224 px
+    "resnet18": Trunk(resnet18_trunk, 512, IMAGENET_224, ("Data/resnet18_msceleb.pth", "Data/resnet18.pth")),
+    # dlib's face-recognition ResNet (5.6M parameters): a 2x2 map at 150 px
     "face_resnet": Trunk(FaceResNetTrunk, FaceResNetTrunk.out_channels,
                          InputConfig(INPUT_SIZE, FACE_RESNET_MEAN, FACE_RESNET_STD),
-                         ("Data/face_resnet_faceapi.safetensors",),
-                         "dlib's face-recognition ResNet (5.6M parameters), 2x2 map at 150 px", MIN_INPUT_SIZE),
+                         ("Data/face_resnet_faceapi.safetensors",), MIN_INPUT_SIZE),
 }

@@ -16,14 +16,15 @@ import numpy as np
 import pytest
 import torch
 
+from data.images import decode_image
 from networks import build_criterion, build_model, fuse
-from networks.face_resnet import MIN_INPUT_SIZE, FaceResNet, FaceResNetTrunk, Residual, fold_scales
 from networks.dan import group_heads
+from networks.face_resnet import MIN_INPUT_SIZE, FaceResNet, FaceResNetTrunk, Residual, fold_scales
 from utils.checkpoint import load_backbone
 from utils.convert import get_args_parser, main
 from utils.errors import UserError
-from utils.faceapi import (MANIFEST, convert_faceapi, decode_weights, embed, load_face_resnet, read_faces_png,
-                           read_source, to_state_dict)
+from utils.faceapi import (MANIFEST, convert_faceapi, decode_weights, embed, load_face_resnet, read_source,
+                           to_state_dict)
 
 from conftest import SHARED_DATA
 
@@ -228,7 +229,7 @@ def test_port_reproduces_face_api_embeddings(converted):
     fixture = json.loads((FIXTURES / "embeddings.json").read_text())
     faces = [f for f in fixture["faces"] if "png" in f]
     assert len(faces) == 5
-    ours = embed(converted, read_faces_png([FIXTURES / f["png"] for f in faces]))
+    ours = embed(converted, np.stack([np.asarray(decode_image(FIXTURES / f["png"])) for f in faces]))
     reference = np.array([f["embedding"] for f in faces])
     assert np.abs(ours - reference).max() < 1e-4
     # and it is a face-recognition network: the medium crop lies within dlib's same-person radius 0.6

@@ -12,15 +12,13 @@ final matrix is (256, 128); they are transposed to PyTorch's layouts. Nothing is
 the files: they are JSON and raw numbers.
 """
 import hashlib
-import io
 import json
 import tarfile
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, Tuple
 
 import numpy as np
 import torch
-from PIL import Image
 
 from networks.face_resnet import EMBEDDING_SIZE, FACE_RESNET_MEAN, FACE_RESNET_STD, INPUT_SIZE, FaceResNet
 from utils.checkpoint import check_keys, save_safetensors
@@ -164,11 +162,3 @@ def embed(model: FaceResNet, faces: np.ndarray) -> np.ndarray:
     with torch.no_grad():
         return model(x).numpy()
 
-
-def read_faces_png(paths: List[Path]) -> np.ndarray:
-    """Stack 150x150 RGB PNG files into (N, 150, 150, 3) uint8."""
-    faces = []
-    for p in paths:
-        with Image.open(io.BytesIO(Path(p).read_bytes())) as im:
-            faces.append(np.asarray(im.convert("RGB")))
-    return np.stack(faces)
