@@ -9,13 +9,18 @@
 #   START="--trunk face_resnet --pretrained Data/face_resnet_faceapi.safetensors" bash benchmarks/train_ferplus.sh runs/face_pre
 #   START="--trunk face_resnet --pretrained none" bash benchmarks/train_ferplus.sh runs/face_rand
 #
+# EPOCHS and LR change the schedule (default 2 epochs at lr 0.01); the second stage of the shipped
+# model continues the first one's weights for 5 more epochs at half the rate (docs/training.md):
+#   START="--init runs/dan_ferplus_ck/best.safetensors --img-size 112" EPOCHS=5 LR=0.005 \
+#     EXTRA="--blur 0.3 --jpeg 0.3" bash benchmarks/train_ferplus.sh runs/stage2
+#
 # Needs Data/ckplus48_v1t0 (see benchmarks/recipe_trials.sh for the data.prepare command).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs}
 FERPLUS=${FERPLUS:-../shared/data/ferplus}
 CKPLUS=${CKPLUS:-Data/ckplus48_v1t0}
-RECIPE=(${START:---init Data/dan_fer2013.safetensors --img-size 112} --epochs 2 --batch-size 64 --optimizer sgd --lr 0.01
+RECIPE=(${START:---init Data/dan_fer2013.safetensors --img-size 112} --epochs ${EPOCHS:-2} --batch-size 64 --optimizer sgd --lr ${LR:-0.01}
         --sched cosine --warmup-epochs 0.2 --aug fer --select source-mean --cache yes --seed 0 ${EXTRA:-})
 run() {
   local out=$1; shift
