@@ -10,8 +10,10 @@
 #   START="--trunk face_resnet --pretrained none" bash benchmarks/train_ferplus.sh runs/face_rand
 #
 # EPOCHS and LR change the schedule (default 2 epochs at lr 0.01); the second stage of the shipped
-# model continues the first one's weights for 5 more epochs at half the rate (docs/training.md):
-#   START="--init runs/dan_ferplus_ck/best.safetensors --img-size 112" EPOCHS=5 LR=0.005 \
+# model continues the first stage's weights for 5 more epochs at half the rate, and the ablation
+# continues its own first stage (START_ONLY, default START) (docs/training.md):
+#   START="--init runs/dan_ferplus_ck/best.safetensors --img-size 112" \
+#   START_ONLY="--init runs/dan_ferplus_only/best.safetensors --img-size 112" EPOCHS=5 LR=0.005 \
 #     EXTRA="--blur 0.3 --jpeg 0.3" bash benchmarks/train_ferplus.sh runs/stage2
 #
 # Needs Data/ckplus48_v1t0 (see benchmarks/recipe_trials.sh for the data.prepare command).
@@ -20,7 +22,9 @@ cd "$(dirname "$0")/.."
 OUT=${1:-runs}
 FERPLUS=${FERPLUS:-../shared/data/ferplus}
 CKPLUS=${CKPLUS:-Data/ckplus48_v1t0}
-RECIPE=(${START:---init Data/dan_fer2013.safetensors --img-size 112} --epochs ${EPOCHS:-2} --batch-size 64 --optimizer sgd --lr ${LR:-0.01}
+START=${START:---init Data/dan_fer2013.safetensors --img-size 112}
+START_ONLY=${START_ONLY:-$START}
+RECIPE=(--epochs ${EPOCHS:-2} --batch-size 64 --optimizer sgd --lr ${LR:-0.01}
         --sched cosine --warmup-epochs 0.2 --aug fer --select source-mean --cache yes --seed 0 ${EXTRA:-})
 run() {
   local out=$1; shift
@@ -30,5 +34,5 @@ run() {
     python3 train.py "$@" "${RECIPE[@]}" --output "$out"
   fi
 }
-run "$OUT/dan_ferplus_ck" --data "$FERPLUS" "$CKPLUS" --oversample ckplus48=8
-run "$OUT/dan_ferplus_only" --data "$FERPLUS"
+run "$OUT/dan_ferplus_ck" $START --data "$FERPLUS" "$CKPLUS" --oversample ckplus48=8
+run "$OUT/dan_ferplus_only" $START_ONLY --data "$FERPLUS"
