@@ -95,6 +95,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", default=None, metavar="PATH",
                    help="start a new run from this model's weights (.pth or .safetensors of this project); "
                         "rows of classes both know are carried over by name, new classes start fresh")
+    p.add_argument("--keep-epochs", action="store_true",
+                   help="also keep every epoch's weights (epochs/epoch_NNN.safetensors, fp16) for utils.average")
     p.add_argument("--select", default="accuracy", choices=["accuracy", "source-mean"],
                    help="val metric that picks best.pth: overall accuracy, or the mean of the per-source "
                         "accuracies (so a small source counts as much as a large one)")
@@ -462,7 +464,7 @@ def _train(args, device, dist_info) -> dict:
             best, best_epoch = score, epoch
         if dist_info.is_main:
             run.save_epoch(t.checkpoint(epoch=epoch, best_metric=best, best_epoch=best_epoch, history=history,
-                                        args=vars(args), metrics=record), improved)
+                                        args=vars(args), metrics=record), improved, args.keep_epochs)
             log.info("epoch %d/%d: train loss %.4f acc %.2f%% | val loss %.4f acc %.2f%% balanced %.2f%% | "
                      "%.0f img/s, %.0fs | best %.2f%% (epoch %d)", epoch, args.epochs, stats["train_loss"],
                      100 * stats["train_acc"], val["val_loss"], 100 * val["val_acc"], 100 * val["val_balanced_acc"],

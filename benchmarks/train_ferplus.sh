@@ -14,7 +14,7 @@
 # continues its own first stage (START_ONLY, default START) (docs/training.md):
 #   START="--init runs/dan_ferplus_ck/best.safetensors --img-size 112" \
 #   START_ONLY="--init runs/dan_ferplus_only/best.safetensors --img-size 112" EPOCHS=5 LR=0.005 \
-#     EXTRA="--blur 0.3 --jpeg 0.3" bash benchmarks/train_ferplus.sh runs/stage2
+#     EXTRA="--blur 0.3 --jpeg 0.3 --keep-epochs" bash benchmarks/train_ferplus.sh runs/stage2
 #
 # Needs Data/ckplus48_v1t0 (see benchmarks/recipe_trials.sh for the data.prepare command).
 set -euo pipefail

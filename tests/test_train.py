@@ -38,6 +38,24 @@ def test_training_writes_checkpoints_logs_and_plots(tiny_data, tmp_path):
     assert meta["model"] == "dan" and not model.training
 
 
+def test_keep_epochs_writes_each_epochs_weights_for_averaging(tiny_data, tmp_path):
+    from utils import average
+    out = tmp_path / "run"
+    run_train("--data", tiny_data, "--epochs", 2, "--output", out, "--keep-epochs", *FAST)
+    files = sorted((out / "epochs").iterdir())
+    assert [f.name for f in files] == ["epoch_001.safetensors", "epoch_002.safetensors"]
+    last = load_checkpoint(out / "last.pth")["state_dict"]
+    model, meta = load_model(files[1])
+    assert meta["epoch"] == 2 and meta["classes"] == ["angry", "happy", "sad"]
+    assert torch.allclose(model.state_dict()["fc.weight"], last["fc.weight"], atol=1e-3)  # fp16 copy of epoch 2
+    state, _ = average.average_files(files)
+    first, _ = load_model(files[0])
+    mean = (first.state_dict()["fc.weight"] + model.state_dict()["fc.weight"]) / 2
+    assert torch.allclose(state["fc.weight"], mean, atol=1e-6)
+    run_train("--data", tiny_data, "--epochs", 1, "--output", tmp_path / "plain", *FAST)
+    assert not (tmp_path / "plain" / "epochs").exists()  # only when asked
+
+
 def test_resume_continues_exactly(tiny_data, tmp_path):
     run_train("--data", tiny_data, "--epochs", 2, "--output", tmp_path / "straight", "--seed", 5, *FAST)
     run_train("--data", tiny_data, "--epochs", 1, "--output", tmp_path / "split", "--seed", 5, *FAST)

@@ -70,9 +70,10 @@ class RunFolder:
         if removed:
             log.info("removed %d temporary file(s) of killed writes from %s", len(removed), self.path)
 
-    def save_epoch(self, ckpt: Dict[str, Any], improved: bool) -> None:
+    def save_epoch(self, ckpt: Dict[str, Any], improved: bool, keep: bool = False) -> None:
         """Write epoch ckpt["epoch"]: last.pth, then best.pth and best.safetensors if `improved`,
-        then its log line (ckpt["history"][-1]) and the curves.
+        then (if `keep`) its weights as epochs/epoch_NNN.safetensors for `utils.average`, then its
+        log line (ckpt["history"][-1]) and the curves.
 
         Raises:
             UserError: a file cannot be written; the files of the last complete epoch stay.
@@ -82,6 +83,10 @@ class RunFolder:
             fault_point("saved:last.pth")
             if improved:
                 self._save_best(ckpt)
+            if keep:
+                (self.path / "epochs").mkdir(exist_ok=True)
+                meta = {**ckpt["meta"], "epoch": ckpt["epoch"]}
+                save_safetensors(ckpt["state_dict"], meta, self.path / "epochs" / f"epoch_{ckpt['epoch']:03d}.safetensors")
             with open(self.path / "log.jsonl", "a") as f:
                 f.write(strict_json(ckpt["history"][-1]) + "\n")
                 f.flush()
