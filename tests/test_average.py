@@ -104,6 +104,7 @@ def test_cli_writes_a_loadable_average_with_its_sources(tmp_path):
 
 def test_cli_refuses_overwriting_an_input(tmp_path):
     saved(tmp_path / "a.safetensors", 1)
-    args = average.get_args_parser().parse_args([str(tmp_path / "a.safetensors"), "--out", str(tmp_path / "a.safetensors")])
+    path = str(tmp_path / "a.safetensors")
+    args = average.get_args_parser().parse_args([path, "--out", path])
     with pytest.raises(UserError, match="one of the inputs"):
         average.main(args)

@@ -196,6 +196,17 @@ def test_kills_at_every_write_then_resume_match_an_uninterrupted_run(spawn, data
     check_same_as(out, reference[0])
 
 
+def test_kept_epochs_survive_a_kill_between_last_pth_and_their_file(spawn, data, tmp_path):
+    out = tmp_path / "run"
+    argv = [*fast_args(data), "--epochs", EPOCHS, "--keep-epochs", "--output", out]
+    assert spawn(argv, tmp_path / "log.txt", kill_at="saved:last.pth") == KILLED
+    assert not (out / "epochs").exists()  # epoch 1 is in last.pth only
+    assert spawn(["--resume", out, "--epochs", EPOCHS], tmp_path / "log.txt") == 0
+    kept = sorted((out / "epochs").iterdir())
+    assert [p.name for p in kept] == ["epoch_001.safetensors", "epoch_002.safetensors"]
+    assert [saved_epoch(p) for p in kept] == [1, 2]
+
+
 def test_kills_at_random_instants(spawn, data, reference, tmp_path):
     """Kills at two random instants of a run's training and saving, then a resume to the end."""
     out, span = tmp_path / "run", reference[1]

@@ -8,6 +8,7 @@ import torch
 
 import train
 from conftest import ROOT, make_image_folder
+from utils import average
 from utils.checkpoint import load_checkpoint, load_model
 from utils.errors import UserError
 
@@ -39,7 +40,6 @@ def test_training_writes_checkpoints_logs_and_plots(tiny_data, tmp_path):
 
 
 def test_keep_epochs_writes_each_epochs_weights_for_averaging(tiny_data, tmp_path):
-    from utils import average
     out = tmp_path / "run"
     run_train("--data", tiny_data, "--epochs", 2, "--output", out, "--keep-epochs", *FAST)
     files = sorted((out / "epochs").iterdir())

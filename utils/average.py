@@ -1,16 +1,17 @@
 """Average the weights of several files of one model: epochs of a run (as SWA does) or runs that
 share a start (a "model soup", Wortsman et al. 2022, arXiv 2203.05482).
 
-    python3 -m utils.average runs/a/epochs/3.pth runs/a/epochs/4.pth runs/a/epochs/5.pth \\
+    python3 -m utils.average runs/a/epochs/epoch_00{3,4,5}.safetensors \\
         --out runs/a/average.safetensors --bn-data ../shared/data/ferplus Data/ckplus48_v1t0
 
 Every file must hold the same model (name, constructor arguments, classes, input). Floating
 tensors are averaged in fp32 (with `--weights`, a weighted mean); counters such as BatchNorm's
 `num_batches_tracked` are taken from the first file. BatchNorm's running statistics of averaged
 weights are not the statistics of the averaged network, so `--bn-data` recomputes them from
-training images (no augmentation), as SWA prescribes; without it they are averaged too. The
-result is a shipped-format `.safetensors` (or a `.pth`) whose metadata names its sources; a
-calibration temperature is not carried (fit one again with `test.py --calibrate`).
+training images (no augmentation) with `torch.optim.swa_utils.update_bn`, as SWA prescribes;
+without it they are averaged too. The result is a shipped-format `.safetensors` (or a `.pth`)
+whose metadata names its sources; a calibration temperature is not carried (fit one again with
+`test.py --calibrate`).
 """
 import argparse
 import logging
@@ -19,6 +20,7 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import update_bn
 
 from data.datasets import FaceFolder
 from data.loading import Batches, ShardedSampler, TensorCache
@@ -61,25 +63,20 @@ def average_states(states: Sequence[Dict[str, torch.Tensor]],
     return out
 
 
-@torch.no_grad()
 def recompute_batchnorm(model: nn.Module, batches, normalize: Normalize) -> int:
-    """Set every BatchNorm's running mean and variance to their averages over `batches` (the
-    cumulative average, momentum None, as `torch.optim.swa_utils.update_bn` does); returns the
-    number of images seen. The model is left in eval mode."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = {m: m.momentum for m in norms}
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None
-    model.train()
+    """Set every BatchNorm's running mean and variance to their averages over `batches` with
+    `torch.optim.swa_utils.update_bn`; returns the number of images seen. Single-image batches are
+    skipped (a batch variance needs two). The model is left in eval mode."""
     seen = 0
-    for images, *_ in batches:
-        if len(images) < 2:
-            continue  # a single image's batch variance is undefined
-        model(normalize(images).contiguous(memory_format=torch.channels_last))
-        seen += len(images)
-    for m, momentum in saved.items():
-        m.momentum = momentum
+
+    def inputs():
+        nonlocal seen
+        for images, *_ in batches:
+            if len(images) > 1:
+                seen += len(images)
+                yield normalize(images).contiguous(memory_format=torch.channels_last)
+
+    update_bn(inputs(), model)
     model.eval()
     return seen
 
@@ -136,7 +133,6 @@ def main(args) -> Path:
     model = build_model(meta["model"], **meta["model_args"])
     load_state_strict(model, state, out)
     if args.bn_data:
-        torch.manual_seed(args.seed)
         batches = bn_batches([Path(r) for r in args.bn_data], meta, args.bn_images, args.batch_size, args.seed)
         seen = recompute_batchnorm(model.to(memory_format=torch.channels_last), batches,
                                    Normalize(meta["mean"], meta["std"]))

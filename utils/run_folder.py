@@ -63,7 +63,7 @@ class RunFolder:
             removed = remove_stale_temps(self.path, RUN_FILES)
             self._write_text("args.json", strict_json(args, indent=2) + "\n")
             if resume is not None:
-                self._catch_up(resume, Path(resumed).parent)
+                self._catch_up(resume, Path(resumed).parent, keep=bool(args.get("keep_epochs")))
         except OSError as err:
             raise UserError(f"cannot write the run folder {self.path} ({err.strerror or err}); "
                             "choose another --output") from None
@@ -84,9 +84,7 @@ class RunFolder:
             if improved:
                 self._save_best(ckpt)
             if keep:
-                (self.path / "epochs").mkdir(exist_ok=True)
-                meta = {**ckpt["meta"], "epoch": ckpt["epoch"]}
-                save_safetensors(ckpt["state_dict"], meta, self.path / "epochs" / f"epoch_{ckpt['epoch']:03d}.safetensors")
+                self._keep_epoch(ckpt)
             with open(self.path / "log.jsonl", "a") as f:
                 f.write(strict_json(ckpt["history"][-1]) + "\n")
                 f.flush()
@@ -107,13 +105,24 @@ class RunFolder:
         save_safetensors(ckpt["state_dict"], meta, self.path / "best.safetensors")
         fault_point("saved:best.safetensors")
 
-    def _catch_up(self, last: Dict[str, Any], source: Path) -> None:
-        """Make log.jsonl, best.pth, best.safetensors and curves.png agree with `last`, the
-        checkpoint resumed from the folder `source` (this folder, or the one a run continues from)."""
+    def _keep_epoch(self, ckpt: Dict[str, Any]) -> None:
+        """epochs/epoch_NNN.safetensors: the weights of epoch ckpt["epoch"] (`--keep-epochs`)."""
+        meta = {**ckpt["meta"], "epoch": ckpt["epoch"]}
+        save_safetensors(ckpt["state_dict"], meta, self.path / "epochs" / _epoch_file(ckpt["epoch"]))
+
+    def _catch_up(self, last: Dict[str, Any], source: Path, keep: bool = False) -> None:
+        """Make log.jsonl, best.pth, best.safetensors, curves.png and (if `keep`) the last epoch's
+        kept weights agree with `last`, the checkpoint resumed from the folder `source` (this
+        folder, or the one a run continues from)."""
         history, best_epoch = last["history"], last["best_epoch"]
         self._write_text("log.jsonl", "".join(strict_json(record) + "\n" for record in history))
         if history:
             plot_history(history, self.path / "curves.png")
+        if keep and last["epoch"]:
+            epochs = self.path / "epochs"
+            remove_stale_temps(epochs, [_epoch_file(last["epoch"]), _epoch_file(last["epoch"] + 1)])
+            if not (epochs / _epoch_file(last["epoch"])).exists():  # killed after last.pth, before this file
+                self._keep_epoch(last)
         if not best_epoch:  # no epoch finished yet
             return
         for name in ("best.pth", "best.safetensors"):  # a run continued into a new folder takes its best files
@@ -132,6 +141,10 @@ class RunFolder:
 
     def _write_text(self, name: str, text: str) -> None:
         atomic_write(self.path / name, lambda tmp: Path(tmp).write_text(text))
+
+
+def _epoch_file(epoch: int) -> str:
+    return f"epoch_{epoch:03d}.safetensors"
 
 
 def _epoch(path: Path) -> Optional[int]:
