@@ -82,16 +82,20 @@ def wall(cmd, env) -> float:
 
 
 def mtcnn_stages(detector, parts: dict) -> None:
-    """Time MTCNN's three stages (P-Net over the pyramid, R-Net, O-Net) into `parts` on each call."""
-    for stage, name in (("_propose", "P-Net"), ("_refine", "R-Net"), ("_output", "O-Net")):
+    """Time MTCNN's stages (the Tiny Face Detector when it proposes the boxes, P-Net over the
+    pyramid, R-Net, O-Net) into `parts` on each call; a stage a photo does not reach is left out."""
+    stages = [(detector, "_propose", "P-Net"), (detector, "_refine", "R-Net"), (detector, "_output", "O-Net")]
+    if getattr(detector, "tiny", None) is not None:
+        stages.insert(0, (detector.tiny, "boxes", "Tiny Face Detector"))
+    for owner, stage, name in stages:
         parts[f"detect: {name}"] = []
 
-        def timed(*args, _run=getattr(detector, stage), _name=name):
+        def timed(*args, _run=getattr(owner, stage), _name=name, **kwargs):
             start = time.perf_counter()
-            out = _run(*args)
+            out = _run(*args, **kwargs)
             parts[f"detect: {_name}"].append(time.perf_counter() - start)
             return out
-        setattr(detector, stage, timed)
+        setattr(owner, stage, timed)
 
 
 def latency(checkpoint: str, photo: str, detector: str, runs: int, threads: int,
@@ -139,7 +143,7 @@ def latency(checkpoint: str, photo: str, detector: str, runs: int, threads: int,
             parts["model"].append(t3 - t2)
             parts["total"].append(end - start)
     assert len(faces) == 1, f"expected one face, found {len(faces)}"
-    out = {k: round(1000 * statistics.median(v), 1) for k, v in parts.items()}
+    out = {k: round(1000 * statistics.median(v), 1) for k, v in parts.items() if v}
     out["face"] = {"box": list(faces[0].box), "emotion": faces[0].emotion}
     out["total p90"] = round(1000 * float(np.percentile(parts["total"], 90)), 1)
     out["total min"] = round(1000 * min(parts["total"]), 1)

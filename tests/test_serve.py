@@ -379,7 +379,9 @@ def test_serve_script_refusals_are_one_line(capsys):
 
 
 def test_workers_share_the_cores():
-    assert serve.resolve_workers(None, None, cores=2) == (2, 1)
+    assert serve.resolve_workers(None, None, cores=2) == (2, 2)
     assert serve.resolve_workers(1, None, cores=2) == (1, 2)
-    assert serve.resolve_workers(None, None, cores=16) == (16, 1)
+    assert serve.resolve_workers(None, None, cores=16) == (16, 2)
+    assert serve.resolve_workers(4, None, cores=16) == (4, 8)
+    assert serve.resolve_workers(None, None, cores=1) == (1, 1)
     assert serve.resolve_workers(3, 4, cores=2) == (3, 4)

@@ -133,7 +133,7 @@ def model_info(recognizer) -> dict:
     return {"checkpoint": recognizer.checkpoint.name, "sha256": file_digest(recognizer.checkpoint),
             "model": meta.get("model"), "classes": recognizer.classes, "img_size": recognizer.img_size,
             "grayscale": recognizer.grayscale, "temperature": recognizer.temperature, "tta": recognizer.tta,
-            "detector": type(recognizer.detector).__name__, "backend": recognizer.backend}
+            "detector": getattr(recognizer.detector, "name", type(recognizer.detector).__name__), "backend": recognizer.backend}
 
 
 async def _read_body(request, limit: int, slack: int = 0) -> AsyncIterator[bytes]:

@@ -104,6 +104,11 @@ class MTCNN:
         self.coarse_side, self.large, self.large_share = coarse_side, large, large_share
         self.tiny = TinyFaceDetector(tiny_size, threads=threads) if proposals == "tinyface" else None
 
+    @property
+    def name(self) -> str:
+        """What serve.py's /model reports."""
+        return "MTCNN, boxes proposed by the Tiny Face Detector" if self.tiny is not None else "MTCNN"
+
     def _run(self, k: int, x: np.ndarray) -> List[np.ndarray]:
         net = self.nets[k]
         return net.run(None, {net.get_inputs()[0].name: x})
