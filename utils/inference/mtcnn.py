@@ -137,13 +137,14 @@ class MTCNN:
 
     def _from_tiny(self, image: np.ndarray) -> List[Detection]:
         """The Tiny Face Detector's boxes, squared, corrected by O-Net on crops of the full photo."""
-        boxes, scores = self.tiny.boxes(image)
+        boxes, _ = self.tiny.boxes(image)
         if not len(boxes):
             return []
         # O-Net's crops come from the photo itself (no shrunk copy to make); outside it, mid-grey,
         # which is the cascade's zero after its normalisation.
-        crops = self._crops(image, _square(boxes), 48, fill=127.5)
-        return _detections(*self._output(None, _square(boxes), crops=(crops - 127.5) * 0.0078125), 1.0)
+        squares = _square(boxes)
+        crops = self._crops(image, squares, 48, fill=127.5)
+        return _detections(*self._output(None, squares, crops=(crops - 127.5) * 0.0078125), 1.0)
 
     def _propose(self, x: np.ndarray) -> np.ndarray:
         """P-Net over an image pyramid -> (K, 5) square candidates x1, y1, x2, y2, score."""

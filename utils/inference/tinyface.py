@@ -56,8 +56,8 @@ def decode(raw: np.ndarray, anchors: Sequence[Sequence[float]], score_threshold:
 
 def fit(image: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
     """Resize to (width, height): halved by pixel averaging while at least twice too large, then
-    bilinear. OpenCV's area filter is fast for exact halves and about 15x slower for other ratios
-    (2 ms for 640x480 -> 224x168 here); the halves keep the shrunk image free of aliasing."""
+    bilinear. OpenCV's area filter is fast for exact halves and many times slower for other ratios
+    (docs/serve.md, Speed); the halves keep the shrunk image free of aliasing."""
     while image.shape[1] >= 2 * size[0] and image.shape[0] >= 2 * size[1]:
         image = cv2.resize(image, (image.shape[1] // 2, image.shape[0] // 2), interpolation=cv2.INTER_AREA)
     return cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
