@@ -170,7 +170,7 @@ def test_shipped_detector_matches_face_api():
         ours = [[x1 * item["side"], y1 * item["side"], (x2 - x1) * item["side"], (y2 - y1) * item["side"], s]
                 for (x1, y1, x2, y2), s in zip(boxes[keep], scores[keep])]
         assert len(ours) == len(item["boxes"]) >= 1, item["name"]
-        np.testing.assert_allclose(ours, item["boxes"], atol=1e-2, err_msg=item["name"])
+        np.testing.assert_allclose(ours, item["boxes"], atol=1e-3, err_msg=item["name"])  # the fixture keeps 4 decimals
 
 
 @pytest.mark.skipif(not TARBALL.is_file(), reason=f"face-api's tarball {TARBALL}: npm pack @vladmandic/face-api@1.7.15 "
