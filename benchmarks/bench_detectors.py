@@ -14,10 +14,10 @@ A face counts as found when a detection's box contains its centre (each detectio
 most one face); other detections are false faces. Speed is the median time per call on the
 astronaut photo at 640x480, after warm-up, on this machine's CPUs.
 
-With --checkpoint, each face found is also cropped as predict.py crops it (margin, alignment by
-the eyes, flip TTA) and classified, and the expression accuracy is reported per set: over the faces
-found, and over all faces (a face not found counts as wrong), on FER+ val faces (majority labels)
-and CK+ faces pasted the same way. This is how a detector's boxes change what the model answers:
+With --checkpoint, the FER+ and CK+ sets go through predict.py's own path (EmotionRecognizer with
+each detector in turn: margin, alignment by the eyes, flip TTA), and the expression accuracy is
+reported per set: over the faces found, and over all faces (a face not found counts as wrong), on
+FER+ val faces (majority labels) and CK+ faces pasted the same way. This is how a detector's boxes change what the model answers:
 
     python3 benchmarks/bench_detectors.py --data ../shared/data --samples 300 \
         --checkpoint Data/dan_ferplus.safetensors --detectors mtcnn 'mtcnn:{"proposals": "tinyface"}'
@@ -36,7 +36,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.photos import astronaut_640x480  # noqa: E402
 from utils.inference.detectors import build_detector  # noqa: E402
-from utils.inference.faces import crop_face, resize_faces  # noqa: E402
 
 DETECTORS = ["haar", "haar-alt2", "mtcnn"]
 
@@ -74,15 +73,15 @@ def match(detections, centres):
 
 
 def evaluate(detector, images, recognizer=None):
-    """faces, found, false faces, and with a recognizer the faces found whose expression it reads right."""
+    """faces, found, false faces, and with a recognizer (whose detector is `detector`) the faces
+    found whose expression predict.py's path reads right."""
     faces = found = false = right = 0
     for image, centres in images:
-        pairs, fp = match(detector(image), centres)
+        answers = recognizer.predict(image) if recognizer is not None else detector(image)
+        pairs, fp = match(answers, centres)
         faces, found, false = faces + len(centres), found + len(pairs), false + fp
-        if recognizer is not None and pairs:
-            crops = [crop_face(image, d, recognizer.margin, recognizer.align) for _, d in pairs]
-            probs, _ = recognizer.classify(resize_faces(crops, recognizer.img_size, recognizer.grayscale))
-            right += sum(recognizer.classes[int(np.argmax(p))] == c[2] for (c, _), p in zip(pairs, probs))
+        if recognizer is not None:
+            right += sum(face.emotion == centre[2] for centre, face in pairs)
     return faces, found, false, right
 
 
@@ -142,6 +141,8 @@ def main():
             print(f"{name}: unavailable ({err})", file=sys.stderr)
             continue
         row = {"detector": name, "ms_640x480": round(speed(detector, astro), 1)}
+        if recognizer is not None:
+            recognizer.detector = detector
         for set_name, images in sets.items():
             scored = recognizer if set_name in ("FER+ val", "CK+") else None
             faces, found, false, right = evaluate(detector, images, scored)

@@ -58,6 +58,22 @@ def tiny_model(path: Path) -> Path:
     return path
 
 
+def tfjs_weights(arrays, bin_name: str):
+    """A TensorFlow.js weights manifest entry and .bin bytes for named float arrays, each stored as
+    uint8 the way TensorFlow.js quantises (q = round((v - min) / scale), value = min + scale * q),
+    and the float values those bytes decode to: (entry, bytes, {name: values})."""
+    weights, chunks, values = [], [], {}
+    for name, array in arrays.items():
+        lo, hi = float(array.min()), float(array.max())
+        scale = (hi - lo) / 255
+        q = np.round((array - lo) / scale).astype(np.uint8)
+        weights.append({"name": name, "shape": list(array.shape), "dtype": "float32",
+                        "quantization": {"dtype": "uint8", "scale": scale, "min": lo}})
+        chunks.append(q.tobytes())
+        values[name] = (q.astype(np.float64) * scale + lo).astype(np.float32)
+    return {"paths": [bin_name], "weights": weights}, b"".join(chunks), values
+
+
 @contextlib.contextmanager
 def local_http_server(handler):
     """A threaded http.server with `handler` on 127.0.0.1 (a free port); yields its base URL."""

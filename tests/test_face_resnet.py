@@ -26,7 +26,7 @@ from utils.errors import UserError
 from utils.faceapi import (MANIFEST, convert_faceapi, decode_weights, embed, load_face_resnet, read_source,
                            to_state_dict)
 
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, tfjs_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures" / "faceapi"
@@ -41,7 +41,7 @@ def faceapi_layout(seed: int = 0):
     for p in net.parameters():
         with torch.no_grad():
             p.normal_(0, 0.1)
-    weights, chunks, values = [], [], {}
+    arrays = {}
     for key, tensor in net.state_dict().items():
         key = key.removeprefix("trunk.")
         if key == "fc.weight":
@@ -52,15 +52,8 @@ def faceapi_layout(seed: int = 0):
                       "scale.bias": "scale/biases"}[part]
             name = stem.replace(".", "/") + "/" + suffix
             array = tensor.numpy().transpose(2, 3, 1, 0) if part == "conv.weight" else tensor.numpy()
-        lo, hi = float(array.min()), float(array.max())
-        scale = (hi - lo) / 255
-        q = np.round((array - lo) / scale).astype(np.uint8)
-        weights.append({"name": name, "shape": list(array.shape), "dtype": "float32",
-                        "quantization": {"dtype": "uint8", "scale": scale, "min": lo}})
-        chunks.append(q.tobytes())
-        values[name] = (q.astype(np.float64) * scale + lo).astype(np.float32)
-    entry = {"paths": ["face_recognition_model.bin"], "weights": weights}
-    return entry, b"".join(chunks), values
+        arrays[name] = array
+    return tfjs_weights(arrays, "face_recognition_model.bin")
 
 
 def write_model_dir(folder: Path, entry, data: bytes) -> Path:

@@ -22,8 +22,10 @@ from utils.convert import get_args_parser, main
 from utils.errors import UserError
 from utils.faceapi import TINYFACE_MANIFEST, decode_weights, load_tinyface_net, read_source, tinyface_state
 from utils.inference.detectors import build_detector, mtcnn_available
-from utils.inference.faces import nms
-from utils.inference.tinyface import WEIGHTS, TinyFaceDetector, decode, fit
+from utils.inference.faces import fit, nms
+from utils.inference.tinyface import WEIGHTS, TinyFaceDetector, decode
+
+from conftest import tfjs_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures" / "faceapi"
@@ -40,18 +42,8 @@ def tinyface_layout(seed: int = 0):
         shapes.update({f"conv{i}/depthwise_filter": (3, 3, cin, 1), f"conv{i}/pointwise_filter": (1, 1, cin, cout),
                        f"conv{i}/bias": (cout,)})
     shapes.update({"conv8/filters": (1, 1, 512, 25), "conv8/bias": (25,)})
-    weights, chunks, values = [], [], {}
-    for name, shape in shapes.items():
-        array = rng.normal(0, 0.2, shape)
-        lo, hi = float(array.min()), float(array.max())
-        scale = (hi - lo) / 255
-        q = np.round((array - lo) / scale).astype(np.uint8)
-        weights.append({"name": name, "shape": list(shape), "dtype": "float32",
-                        "quantization": {"dtype": "uint8", "scale": scale, "min": lo}})
-        chunks.append(q.tobytes())
-        values[name] = (q.astype(np.float64) * scale + lo).astype(np.float32)
-    entry = {"paths": ["tiny_face_detector_model.bin"], "weights": weights}
-    return entry, b"".join(chunks), values
+    return tfjs_weights({name: rng.normal(0, 0.2, shape) for name, shape in shapes.items()},
+                        "tiny_face_detector_model.bin")
 
 
 @pytest.fixture(scope="module")

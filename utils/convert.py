@@ -28,9 +28,9 @@ from utils.checkpoint import (ModelMeta, check_keys, load_backbone, read_state_d
                               short_keys, training_checkpoint)
 from utils.errors import UserError, run_cli
 from utils.faceapi import convert_faceapi, convert_tinyface
-from utils.paths import TINYFACE_WEIGHTS
 from utils.files import file_digest
 from utils.misc import setup_logging
+from utils.paths import TINYFACE_WEIGHTS
 
 log = logging.getLogger("convert")
 

@@ -167,7 +167,6 @@ def embed(model: FaceResNet, faces: np.ndarray) -> np.ndarray:
         return model(x).numpy()
 
 
-
 TINYFACE_MANIFEST = "tiny_face_detector_model-weights_manifest.json"
 TINYFACE_LICENCE = ("MIT (the npm package @vladmandic/face-api, Copyright (c) Vladimir Mandic; the Tiny Face "
                     "Detector and its weights come from face-api.js, MIT, Copyright (c) 2018 Vincent Mühler)")

@@ -42,6 +42,15 @@ def shrink(image: np.ndarray, max_side: int) -> Tuple[np.ndarray, float]:
     return cv2.resize(image, size, interpolation=cv2.INTER_AREA), scale
 
 
+def fit(image: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
+    """Resize to (width, height): halved by pixel averaging while at least twice too large, then
+    bilinear. OpenCV's area filter is fast for exact halves and many times slower for other ratios
+    (docs/serve.md, Speed); the halves keep the shrunk image free of aliasing."""
+    while image.shape[1] >= 2 * size[0] and image.shape[0] >= 2 * size[1]:
+        image = cv2.resize(image, (image.shape[1] // 2, image.shape[0] // 2), interpolation=cv2.INTER_AREA)
+    return cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
+
+
 def crop_matrix(det: Detection, margin: float, align: bool = True) -> Tuple[np.ndarray, int]:
     """The affine map from image pixels to a square face crop, and the crop's side.
 

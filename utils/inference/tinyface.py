@@ -21,7 +21,6 @@ import json
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
-import cv2
 import numpy as np
 import onnxruntime as ort
 
@@ -30,7 +29,7 @@ from utils.files import META_KEY
 from utils.paths import TINYFACE_WEIGHTS as WEIGHTS
 
 from .export import session_options
-from .faces import Detection, nms
+from .faces import Detection, fit, nms
 
 IOU_THRESHOLD = 0.4
 
@@ -52,15 +51,6 @@ def decode(raw: np.ndarray, anchors: Sequence[Sequence[float]], score_threshold:
     w, h = np.exp(tw) * sizes[:, 0] / cells, np.exp(th) * sizes[:, 1] / cells
     boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
     return boxes, score[anchor, row, col]
-
-
-def fit(image: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
-    """Resize to (width, height): halved by pixel averaging while at least twice too large, then
-    bilinear. OpenCV's area filter is fast for exact halves and many times slower for other ratios
-    (docs/serve.md, Speed); the halves keep the shrunk image free of aliasing."""
-    while image.shape[1] >= 2 * size[0] and image.shape[0] >= 2 * size[1]:
-        image = cv2.resize(image, (image.shape[1] // 2, image.shape[0] // 2), interpolation=cv2.INTER_AREA)
-    return cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
 
 
 class TinyFaceDetector:
