@@ -16,6 +16,7 @@ import time
 from utils.errors import ArgumentParser, UserError, number, run_cli
 from utils.inference.annotate import AnnotationWriter
 from utils.inference.detectors import DETECTORS
+from utils.inference.fallback import PAD_MODES, PADDED, WHOLE_IMAGE, Fallback
 from utils.inference.fetch import add_limit_args, limits_from_args
 from utils.inference.recognizer import BACKENDS, DEFAULT_CHECKPOINT, ROOT, EmotionRecognizer
 from utils.inference.sources import Input, iter_inputs, record
@@ -34,6 +35,14 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="face detector: auto is mtcnn when installed, else haar; none classifies each whole "
                         "image as one face")
     p.add_argument("--no-detect", action="store_true", help="same as --detector none")
+    p.add_argument("--pad-retry", type=number(float, 0, 2), default=Fallback.pad, metavar="FRACTION",
+                   help="when no face is found, detect again on the photo padded by this fraction of its longer "
+                        "side (tight face crops); 0 turns it off")
+    p.add_argument("--pad-mode", default=Fallback.pad_mode, choices=sorted(PAD_MODES),
+                   help="the retry's padding: edge repeats the border pixels, mirror reflects the photo")
+    p.add_argument("--whole-image", action=argparse.BooleanOptionalAction, default=True,
+                   help="when still no face is found and the photo is small and face-shaped (a face crop), "
+                        "classify the whole photo as one face, marked as such")
     p.add_argument("--margin", type=number(float, 0), default=0.2,
                    help="space added around each face box, per side, as a fraction of the box")
     p.add_argument("--no-align", action="store_true", help="do not rotate faces upright by the eyes")
@@ -63,9 +72,12 @@ def format_faces(item: Input, faces, classes, ms: float) -> str:
     title = item.name if item.frame is None else f"{item.name} frame {item.frame}"
     if not faces:
         return f"{title} ({ms:.1f} ms): no face found"
+    how = {PADDED: " (found on the photo padded at its edges)",
+           WHOLE_IMAGE: " (the whole image: the detector found none, the photo is face-shaped)"}
     width = max(7, *(len(c) for c in classes))
     head = f"  {'#':>2}  {'box x,y,w,h':<20}  {'emotion':<{width}}  " + " ".join(f"{c:>{width}}" for c in classes)
-    rows = [f"{title} ({ms:.1f} ms): {len(faces)} face{'s' if len(faces) > 1 else ''}", head]
+    rows = [f"{title} ({ms:.1f} ms): {len(faces)} face{'s' if len(faces) > 1 else ''}"
+            f"{how.get(faces[0].box_source, '')}", head]
     for i, face in enumerate(faces, 1):
         box = ",".join(str(v) for v in face.box)
         probs = " ".join(f"{face.probabilities[c]:>{width}.3f}" for c in classes)
@@ -85,7 +97,7 @@ def main(args) -> int:
         args.checkpoint, device=args.device, backend=args.backend,
         detector="none" if args.no_detect else args.detector, margin=args.margin, align=not args.no_align,
         grayscale=args.grayscale, threads=args.threads, cache_dir=args.cache_dir, max_pixels=args.max_pixels,
-        tta=args.tta)
+        tta=args.tta, fallback=Fallback(pad=args.pad_retry, pad_mode=args.pad_mode, whole_image=args.whole_image))
     if args.attention and not recognizer.has_attention:
         raise UserError(f"--attention needs a DAN checkpoint; {recognizer.checkpoint} is {recognizer.meta['model']}")
     limits = limits_from_args(args)

@@ -17,6 +17,7 @@ from data.transforms import Normalize
 from utils.checkpoint import load_model, update_meta
 from utils.engine import Precision, Runtime, evaluate
 from utils.errors import ArgumentParser, UserError, number, run_cli
+from utils.inference.faces import wants_grayscale
 from utils.metrics import (apply_temperature, calibration_bins, calibration_report, expected_calibration_error,
                            fit_temperature, format_table, full_report, mean_kl, multi_target_accuracy)
 from utils.misc import cpu_count, resolve_device, setup_backend, setup_logging
@@ -145,8 +146,9 @@ def main(args) -> dict:
     if not roots:
         raise UserError("no dataset under Data/ and no --data given")
     split = resolve_split(roots, args.split)
+    # A model trained grey reads colour photos grey, as prediction feeds them to it.
     dataset = FaceFolder(roots, split, meta["img_size"], classes=meta["classes"],
-                         skip_unknown=args.skip_unknown_classes)
+                         skip_unknown=args.skip_unknown_classes, grayscale=wants_grayscale(meta))
     exclude_classes(dataset, args.exclude_classes)
     missing = sorted(set(meta["classes"]) - {dataset.classes[i] for i in np.unique(dataset.labels)})
     if missing:

@@ -85,6 +85,15 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="logit-adjusted loss: add tau * log(class prior) to the logits inside the loss (0: off)")
     p.add_argument("--train-fraction", type=number(float, 0, 1, low_open=True), default=1.0,
                    help="train on a fixed random share of the training images (quick trials)")
+    p.add_argument("--source-fraction", nargs="+", default=[], metavar="SOURCE=F",
+                   help="train on a fixed share F of a source's images (quick trials on a merge)")
+    p.add_argument("--grayscale", action=argparse.BooleanOptionalAction, default=None,
+                   help="train on grey faces (colour photos turned grey, as prediction then does); --no-grayscale "
+                        "trains on colour; default: grey when every image is grey")
+    p.add_argument("--colour-aug", type=number(float, 0, 1), default=0.0, metavar="P",
+                   help="probability of a hue, saturation and white-balance shift (colour training)")
+    p.add_argument("--grey-prob", type=number(float, 0, 1), default=0.0, metavar="P",
+                   help="probability that a training image is turned grey (colour training)")
     p.add_argument("--oversample", nargs="+", default=[], metavar="SOURCE=K",
                    help="show each image of a source K times per epoch (e.g. ckplus48=8 next to FER+)")
     p.add_argument("--soft-labels", default="auto",
@@ -146,6 +155,8 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
             raise UserError(f"--data {folder}: no such folder")
     if args.epochs is None:
         args.epochs = DEFAULT_EPOCHS
+    if args.grayscale and (args.colour_aug or args.grey_prob):
+        raise UserError("--colour-aug and --grey-prob are for colour training; drop them or --grayscale")
     if args.trunk is not None and args.model != "dan":
         raise UserError(f"--trunk applies to --model dan; {args.model} has its own trunk "
                         "(--model face_resnet is the plain classifier on the face_resnet trunk)")
@@ -185,12 +196,15 @@ def make_optimizer(step: TrainStep, args):
 
 def build_data(args, device, dist_info):
     roots = [Path(d) for d in args.data]
-    train_set = FaceFolder(roots, "train", args.img_size)
+    grey = bool(args.grayscale)  # None (detect) reads the images as they are
+    train_set = FaceFolder(roots, "train", args.img_size, grayscale=grey)
+    if args.source_fraction:
+        keep_source_fraction(train_set, parse_factors(args.source_fraction, "--source-fraction", float), args.seed)
     if args.train_fraction < 1:  # a fixed share, the same for every epoch and every resume
         keep = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(args.seed))
         keep = keep[:max(1, int(args.train_fraction * len(train_set)))].sort().values
         train_set.samples = [train_set.samples[i] for i in keep.tolist()]
-    val_set = FaceFolder(roots, "val", args.img_size, classes=train_set.classes)
+    val_set = FaceFolder(roots, "val", args.img_size, classes=train_set.classes, grayscale=grey)
     if val_set.missing_classes():
         log.warning("the val split has no images of %s: validation accuracy leaves them out",
                     val_set.missing_classes())
@@ -229,7 +243,8 @@ def build_data(args, device, dist_info):
 
 def augment_config(args) -> AugmentConfig:
     """The --aug preset with the options that add to it."""
-    config = replace(PRESETS[args.aug], p_color=args.color_jitter, p_blur=args.blur, p_jpeg=args.jpeg)
+    config = replace(PRESETS[args.aug], p_color=args.color_jitter, p_blur=args.blur, p_jpeg=args.jpeg,
+                     p_colour_shift=args.colour_aug, p_grey=args.grey_prob)
     if args.scale_jitter:
         config = replace(config, scale=tuple(args.scale_jitter), p_affine=max(config.p_affine, 0.5))
     return config
@@ -237,13 +252,36 @@ def augment_config(args) -> AugmentConfig:
 
 def parse_oversample(items) -> dict:
     """{source: K} from ["ckplus48=8", ...]."""
+    return parse_factors(items, "--oversample", int)
+
+
+def parse_factors(items, option: str, kind=int) -> dict:
+    """{source: value} from ["ckplus48=8", ...]: whole numbers >= 1 (kind int) or fractions in (0, 1] (float)."""
     factors = {}
     for item in items:
-        name, _, k = item.partition("=")
-        if not name or not k.isdigit() or int(k) < 1:
-            raise UserError(f"--oversample {item!r}: expected SOURCE=K with K a whole number >= 1")
-        factors[name] = int(k)
+        name, _, value = item.partition("=")
+        try:
+            value_ = kind(value)
+        except ValueError:
+            value_ = None
+        good = value_ is not None and (value_ >= 1 if kind is int else 0 < value_ <= 1)
+        if not name or not good:
+            what = "a whole number >= 1" if kind is int else "a fraction in (0, 1]"
+            raise UserError(f"{option} {item!r}: expected SOURCE=K with K {what}")
+        factors[name] = value_
     return factors
+
+
+def keep_source_fraction(dataset: FaceFolder, fractions: dict, seed: int) -> None:
+    """Keep a fixed share (the same every epoch and every resume) of the named sources' images."""
+    unknown = sorted(set(fractions) - set(dataset.sources))
+    if unknown:
+        raise UserError(f"--source-fraction names {unknown}, which are not sources of the training data "
+                        f"({', '.join(dataset.sources)})")
+    g = torch.Generator().manual_seed(seed)
+    keep = torch.rand(len(dataset), generator=g) < torch.tensor(
+        [fractions.get(name, 1.0) for name in dataset.sources])[torch.as_tensor(dataset.source_ids)]
+    dataset.samples = [s for s, k in zip(dataset.samples, keep.tolist()) if k]
 
 
 def is_grayscale(dataset: FaceFolder, probe: int = 64) -> bool:
@@ -361,8 +399,9 @@ def build_training(args: argparse.Namespace, train_set: FaceFolder, iters: int, 
     if args.model == "dan" and (grouped if grouped is not None else rt.device.type == "cuda"):
         model = group_heads(model)  # a DAN subclass with the same state dict: checkpoints stay plain DAN
     criterion = build_criterion(args.model, model, args.label_smoothing, args.lambda_aff, args.lambda_part)
+    grayscale = args.grayscale if args.grayscale is not None else is_grayscale(train_set)
     if args.init and resume is None:
-        report = init_from(model, criterion, args.init, args.model, train_set.classes)
+        report = init_from(model, criterion, args.init, args.model, train_set.classes, colour=not grayscale)
         log.info("initialised from %s: %s", args.init, report.summary())
     step = TrainStep(model, criterion).to(rt.device)
     if rt.channels_last:
@@ -370,8 +409,7 @@ def build_training(args: argparse.Namespace, train_set: FaceFolder, iters: int, 
     optimizer = make_optimizer(step, args)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, iters, args))
     scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.precision.needs_scaler)
-    meta = ModelMeta.for_model(args.model, model_args, train_set.classes, args.img_size,
-                               grayscale=is_grayscale(train_set))
+    meta = ModelMeta.for_model(args.model, model_args, train_set.classes, args.img_size, grayscale=grayscale)
     return Training(model, criterion, step, step, Optimisation(optimizer, scheduler, scaler), meta)
 
 

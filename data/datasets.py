@@ -70,14 +70,17 @@ class FaceFolder(Dataset):
         img_size: images are resized to img_size x img_size.
         classes: the class list to use (from training or a checkpoint); None takes the sorted
             union of the class folders found. A class folder not in `classes` is an error.
+        grayscale: turn every image grey (three equal channels, ITU-R 601 luma as PIL's "L"),
+            as prediction does for a model trained grey.
 
     Items are (uint8 image (3, S, S), label, source index, sample index), or None for an
     unreadable image (reported once by path; `collate_skip_none` drops it).
     """
 
     def __init__(self, roots: Sequence[Path], split: str, img_size: int, classes: Optional[Sequence[str]] = None,
-                 skip_unknown: bool = False):
+                 skip_unknown: bool = False, grayscale: bool = False):
         self.roots = [Path(r) for r in roots]
+        self.grayscale = grayscale
         self.split = split
         self.img_size = img_size
         found = self._scan()
@@ -169,6 +172,8 @@ class FaceFolder(Dataset):
     def load(self, i: int) -> torch.Tensor:
         """Decode sample i as a uint8 (3, S, S) tensor."""
         image = decode_image(self.samples[i].path)
+        if self.grayscale:
+            image = image.convert("L").convert("RGB")
         image = image.resize((self.img_size, self.img_size), Image.BILINEAR)
         return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
 

@@ -17,6 +17,7 @@ from torchvision.io import decode_jpeg, encode_jpeg
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+LUMA = (0.299, 0.587, 0.114)  # ITU-R 601, PIL's convert("L")
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,11 @@ class AugmentConfig:
         gamma: gamma drawn log-uniformly from this range.
         p_blur: probability of a Gaussian blur with sigma drawn from U(blur_sigma), in pixels.
         p_jpeg: probability of re-encoding as JPEG with quality drawn from U(jpeg_quality).
+        p_colour_shift: probability of a hue, saturation and white-balance shift (colour input).
+        hue: hue rotation drawn from U(-hue, hue), in turns (0.5 is half the colour wheel).
+        saturation: saturation factor drawn from U(1 - s, 1 + s).
+        white_balance: each channel's gain drawn from U(1 - w, 1 + w), the mean gain kept at 1.
+        p_grey: probability that an image is turned grey (ITU-R 601 luma, as PIL's "L").
     """
 
     flip: float = 0.5
@@ -56,6 +62,11 @@ class AugmentConfig:
     blur_sigma: Tuple[float, float] = (0.3, 1.5)
     p_jpeg: float = 0.0
     jpeg_quality: Tuple[int, int] = (20, 80)
+    p_colour_shift: float = 0.0
+    hue: float = 0.05
+    saturation: float = 0.4
+    white_balance: float = 0.1
+    p_grey: float = 0.0
 
 
 PRESETS = {
@@ -111,6 +122,24 @@ def compose_affine(angle: torch.Tensor, zoom: torch.Tensor, shift: torch.Tensor,
     inv[:, 0, :] *= flip[:, None]  # Flip^-1 = Flip, applied last
     offset = -(inv @ shift[:, :, None])
     return torch.cat([inv, offset], dim=2)
+
+
+def colour_matrices(angle: torch.Tensor, saturation: torch.Tensor, gains: torch.Tensor) -> torch.Tensor:
+    """(B, 3, 3) RGB -> RGB matrices: white-balance gains, then a hue rotation by `angle` (radians)
+    about the grey axis and a saturation scale around the luma, both in YIQ space, where luma is Y
+    and the chroma plane is (I, Q): greys stay grey under hue and saturation.
+
+    Args:
+        angle: (B,) radians; saturation: (B,) factors (0: grey); gains: (B, 3) per-channel factors.
+    """
+    yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+    rgb = torch.linalg.inv(yiq)
+    cos, sin = torch.cos(angle) * saturation, torch.sin(angle) * saturation
+    b = angle.shape[0]
+    chroma = torch.zeros(b, 3, 3)
+    chroma[:, 0, 0] = 1
+    chroma[:, 1, 1], chroma[:, 1, 2], chroma[:, 2, 1], chroma[:, 2, 2] = cos, -sin, sin, cos
+    return rgb @ chroma @ yiq @ torch.diag_embed(gains)
 
 
 class TrainAugment:
@@ -174,6 +203,22 @@ class TrainAugment:
         x = ((x - mean) * params[:, 1] + mean) * params[:, 0]
         return x.clamp(0, 1).pow(params[:, 2])
 
+    def colour_shift(self, x: torch.Tensor) -> torch.Tensor:
+        """Hue, saturation and white balance on float RGB images in [0, 1], then grey with p_grey:
+        one 3x3 colour matrix per image (B, 3, 3), applied to every pixel."""
+        c = self.config
+        b = x.shape[0]
+        apply = (torch.rand(b) < c.p_colour_shift).float()
+        angle = (torch.rand(b) * 2 - 1) * c.hue * 2 * math.pi * apply
+        sat = 1 + (torch.rand(b) * 2 - 1) * c.saturation * apply
+        gains = 1 + (torch.rand(b, 3) * 2 - 1) * c.white_balance * apply[:, None]
+        gains = gains / gains.mean(1, keepdim=True)
+        grey = torch.rand(b) < c.p_grey
+        matrix = colour_matrices(angle, sat, gains)
+        matrix[grey] = torch.tensor(LUMA).expand(3, 3)  # every output channel the luma
+        m = to_device(matrix, x.device)
+        return torch.einsum("bij,bjhw->bihw", m, x).clamp(0, 1)
+
     def blur(self, x: torch.Tensor) -> torch.Tensor:
         """Gaussian blur (separable, 7 taps) with a sigma per image; sigma 0 where not applied."""
         c = self.config
@@ -200,6 +245,8 @@ class TrainAugment:
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         if c.p_color > 0:
             x = self.color(x)
+        if c.p_colour_shift > 0 or c.p_grey > 0:
+            x = self.colour_shift(x)
         if c.p_blur > 0:
             x = self.blur(x)
         x = self.normalize.standardize(x)

@@ -24,7 +24,8 @@ from utils.paths import ROOT
 
 from .detectors import build_detector
 from .export import cached_onnx, read_onnx_meta, session_options, softmax
-from .faces import crop_face, normalize, resize_faces, wants_grayscale
+from .faces import Detection, crop_face, normalize, resize_faces, wants_grayscale
+from .fallback import WHOLE_IMAGE, Fallback
 
 BACKENDS = ("auto", "onnx", "torch")
 
@@ -42,6 +43,9 @@ class Face:
         landmarks: five (x, y) points (eyes, nose, mouth corners) when the detector gives them.
         attention: (N, h, w) DAN's per-head spatial attention on the trunk grid, None otherwise.
         crop: (S, S, 3) uint8 face as the model saw it (before normalisation).
+        box_source: where the box came from: "detector" (the photo as given), "padded" (the
+            detector, on the photo padded at its edges: a tight face crop) or "whole image"
+            (no detection: the whole photo, small and face-shaped, taken as the face).
     """
 
     box: Tuple[int, int, int, int]
@@ -50,6 +54,7 @@ class Face:
     landmarks: Optional[List[Tuple[float, float]]] = None
     attention: Optional[np.ndarray] = field(default=None, repr=False)
     crop: Optional[np.ndarray] = field(default=None, repr=False)
+    box_source: str = "detector"
 
     @property
     def emotion(self) -> str:
@@ -64,6 +69,7 @@ class Face:
             "probabilities": {k: round(v, 6) for k, v in self.probabilities.items()},
             "score": None if self.score is None else round(self.score, 4),
             "landmarks": None if self.landmarks is None else [[round(x, 1), round(y, 1)] for x, y in self.landmarks],
+            "box_source": self.box_source,
         }
 
 
@@ -143,12 +149,15 @@ class EmotionRecognizer:
         tta: average each face's logits with those of its mirror image (one batch of 2B faces;
             the attention maps stay the unmirrored face's); on by default, as the recipe trials
             in docs/training.md chose it.
+        fallback: what to try when the detector finds no face (utils/inference/fallback.py): the
+            photo padded at its edges, then the whole photo when it is small and face-shaped.
+            None: both on, edge padding.
     """
 
     def __init__(self, checkpoint=None, device: str = "cpu", backend: str = "auto", detector: str = "auto",
                  margin: float = 0.2, align: bool = True, grayscale: Optional[bool] = None, threads: int = 2,
                  cache_dir=None, max_pixels: int = MAX_PIXELS, detector_options: Optional[Dict] = None,
-                 tta: bool = True):
+                 tta: bool = True, fallback: Optional[Fallback] = None):
         if backend not in BACKENDS:
             raise UserError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         if device != "cpu" and not device.startswith("cuda"):
@@ -177,6 +186,7 @@ class EmotionRecognizer:
         self.temperature = float(self.meta.get("temperature", 1.0))
         self.detector = build_detector(detector, **(detector_options or {}))
         self.margin, self.align, self.max_pixels, self.tta = margin, align, max_pixels, tta
+        self.fallback = Fallback() if fallback is None else fallback
 
     @property
     def has_attention(self) -> bool:
@@ -211,8 +221,7 @@ class EmotionRecognizer:
     def predict(self, image: ImageLike) -> List[Face]:
         """Every face in `image` with its box and class probabilities; [] when none is found."""
         image = self.load(image)
-        detections = self.detector(image)
-        crops = [crop_face(image, d, self.margin, self.align) for d in detections]
+        detections, source, crops = locate_faces(image, self.detector, self.fallback, self.margin, self.align)
         faces = resize_faces(crops, self.img_size, self.grayscale)
         probs, attention = self.classify(faces)
         return [Face(box=tuple(int(round(v)) for v in d.box),
@@ -220,8 +229,22 @@ class EmotionRecognizer:
                      score=d.score,
                      landmarks=None if d.landmarks is None else [(float(x), float(y)) for x, y in d.landmarks],
                      attention=None if attention is None else attention[i],
-                     crop=faces[i])
+                     crop=faces[i], box_source=source)
                 for i, (d, p) in enumerate(zip(detections, probs))]
+
+
+def locate_faces(image: np.ndarray, detector, fallback: Fallback, margin: float = 0.2,
+                 align: bool = True) -> Tuple[List[Detection], str, List[np.ndarray]]:
+    """Prediction's framing of every face: (detections, how they were found, square uint8 crops).
+
+    The detector runs with its fallbacks (utils/inference/fallback.py); each crop is the box with
+    `margin` on each side, turned upright by the eyes when `align`. A whole photo taken as the
+    face is already framed with its surroundings: it gets no margin. utils/inference/reframe.py
+    writes training faces with this same function.
+    """
+    detections, source = fallback.detect(detector, image)
+    margin = 0.0 if source == WHOLE_IMAGE else margin
+    return detections, source, [crop_face(image, d, margin, align) for d in detections]
 
 
 def top_classes(face: Face, k: int = 3) -> Sequence[Tuple[str, float]]:
