@@ -21,7 +21,7 @@ FERPLUS=${FERPLUS:-../shared/data/ferplus}
 CKPLUS=$DATA_ROOT/ckplus48_v1t0
 SFEW=$DATA_ROOT/sfew_framed
 START=(--init Data/dan_ferplus.safetensors --img-size 112)
-SHORT=(--source-fraction ferplus=0.25 --oversample ckplus48=2 sfew_framed=2)
+SHORT=(--source-fraction ferplus=0.25 --oversample ckplus48=2 sfew=2)
 RECIPE=(--epochs 2 --batch-size 64 --optimizer sgd --lr 0.005 --sched cosine --warmup-epochs 0.1 --aug fer
         --select source-mean --cache yes --seed 0)
 COLOUR=(--no-grayscale --colour-aug 0.5 --grey-prob 0.2)
@@ -44,8 +44,7 @@ run_arm() {
     grey)        arm grey --data "$FERPLUS" "$CKPLUS" "$SFEW" "${SHORT[@]}" --grayscale ;;
     colour)      arm colour --data "$FERPLUS" "$CKPLUS" "$SFEW" "${SHORT[@]}" "${COLOUR[@]}" ;;
     # SFEW's own crops (143x181, hair and neck) instead of predict.py's framing
-    colour_raw)  arm colour_raw --data "$FERPLUS" "$CKPLUS" ../shared/data/sfew \
-                   --source-fraction ferplus=0.25 --oversample ckplus48=2 sfew=2 "${COLOUR[@]}" ;;
+    colour_raw)  arm colour_raw --data "$FERPLUS" "$CKPLUS" ../shared/data/sfew "${SHORT[@]}" "${COLOUR[@]}" ;;
     logit_adj)   arm logit_adj --data "$FERPLUS" "$CKPLUS" "$SFEW" "${SHORT[@]}" "${COLOUR[@]}" --logit-adjust 1 ;;
     balanced)    arm balanced --data "$FERPLUS" "$CKPLUS" "$SFEW" "${SHORT[@]}" "${COLOUR[@]}" --balanced-sampler ;;
     px160)       arm px160 --data "$FERPLUS" "$CKPLUS" "$SFEW" "${SHORT[@]}" "${COLOUR[@]}" --img-size 160 ;;
