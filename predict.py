@@ -16,7 +16,7 @@ import time
 from utils.errors import ArgumentParser, UserError, number, run_cli
 from utils.inference.annotate import AnnotationWriter
 from utils.inference.detectors import DETECTORS
-from utils.inference.fallback import PAD_MODES, PADDED, WHOLE_IMAGE, Fallback
+from utils.inference.fallback import PADDED, WHOLE_IMAGE, add_fallback_args, fallback_from_args
 from utils.inference.fetch import add_limit_args, limits_from_args
 from utils.inference.recognizer import BACKENDS, DEFAULT_CHECKPOINT, ROOT, EmotionRecognizer
 from utils.inference.sources import Input, iter_inputs, record
@@ -35,14 +35,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="face detector: auto is mtcnn when installed, else haar; none classifies each whole "
                         "image as one face")
     p.add_argument("--no-detect", action="store_true", help="same as --detector none")
-    p.add_argument("--pad-retry", type=number(float, 0, 2), default=Fallback.pad, metavar="FRACTION",
-                   help="when no face is found, detect again on the photo padded by this fraction of its longer "
-                        "side (tight face crops); 0 turns it off")
-    p.add_argument("--pad-mode", default=Fallback.pad_mode, choices=sorted(PAD_MODES),
-                   help="the retry's padding: edge repeats the border pixels, mirror reflects the photo")
-    p.add_argument("--whole-image", action=argparse.BooleanOptionalAction, default=True,
-                   help="when still no face is found and the photo is small and face-shaped (a face crop), "
-                        "classify the whole photo as one face, marked as such")
+    add_fallback_args(p)
     p.add_argument("--margin", type=number(float, 0), default=0.2,
                    help="space added around each face box, per side, as a fraction of the box")
     p.add_argument("--no-align", action="store_true", help="do not rotate faces upright by the eyes")
@@ -97,7 +90,7 @@ def main(args) -> int:
         args.checkpoint, device=args.device, backend=args.backend,
         detector="none" if args.no_detect else args.detector, margin=args.margin, align=not args.no_align,
         grayscale=args.grayscale, threads=args.threads, cache_dir=args.cache_dir, max_pixels=args.max_pixels,
-        tta=args.tta, fallback=Fallback(pad=args.pad_retry, pad_mode=args.pad_mode, whole_image=args.whole_image))
+        tta=args.tta, fallback=fallback_from_args(args))
     if args.attention and not recognizer.has_attention:
         raise UserError(f"--attention needs a DAN checkpoint; {recognizer.checkpoint} is {recognizer.meta['model']}")
     limits = limits_from_args(args)

@@ -16,6 +16,7 @@ import uvicorn
 
 from utils.errors import ArgumentParser, UserError, number, run_cli
 from utils.inference.detectors import DETECTORS
+from utils.inference.fallback import add_fallback_args, fallback_from_args
 from utils.inference.fetch import add_limit_args, limits_from_args
 from utils.inference.recognizer import DEFAULT_CHECKPOINT, ROOT, EmotionRecognizer
 from utils.server import ServeOptions, create_app
@@ -30,6 +31,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help=f"model file: .safetensors, .pth or an exported .onnx "
                         f"(default {DEFAULT_CHECKPOINT.relative_to(ROOT)})")
     p.add_argument("--detector", default="auto", choices=sorted(DETECTORS), help="face detector (as predict.py)")
+    add_fallback_args(p)
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
                    help="average each face's prediction with its mirror image's, as predict.py does "
                         "(default: on, so that both answer alike; --no-tta for one pass)")
@@ -79,7 +81,7 @@ def main(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     workers, threads = resolve_workers(args.workers, args.threads)
     recognizer = EmotionRecognizer(args.checkpoint, detector=args.detector, threads=threads, cache_dir=args.cache_dir,
-                                   max_pixels=args.max_pixels, tta=args.tta)
+                                   max_pixels=args.max_pixels, tta=args.tta, fallback=fallback_from_args(args))
     options = ServeOptions(limits=limits_from_args(args, allow_private=args.allow_private_urls),
                            max_pixels=args.max_pixels, workers=workers, queue=args.queue)
     app = create_app(recognizer, options)

@@ -4,7 +4,8 @@
 # FER+ model on the same short schedule: a quarter of FER+ train (fixed by the seed), CK+48 folds 2-4
 # and SFEW train, 2 epochs, selected on the mean of FER+ val, CK+ fold 1 and SFEW val; each arm is
 # then read end to end on SFEW val with benchmarks/bench_folder.py. About 6 minutes an arm on 2 CPU
-# cores at 112 px.
+# cores at 112 px. The face-trunk arm starts from dlib's face-recognition network instead (needs
+# Data/face_resnet_faceapi.safetensors: docs/convert.md).
 #
 #   bash benchmarks/wild_trials.sh [OUT] [ARM...]     # OUT default runs/wild; ARM default: all, in order
 #
@@ -33,7 +34,7 @@ arm() {  # NAME, then train.py options
   elif [ -f "$out/last.pth" ]; then
     python3 train.py --resume "$out"
   else
-    python3 train.py "${START[@]}" "$@" "${RECIPE[@]}" --output "$out"
+    python3 train.py "${START[@]}" "${RECIPE[@]}" "$@" --output "$out"
   fi
   python3 benchmarks/bench_folder.py --data ../shared/data/sfew --split val --checkpoint "$out/best.safetensors" \
     --json "$out/sfew_val_e2e.json" | tee "$out/sfew_val_e2e.txt"
@@ -48,10 +49,14 @@ run_arm() {
     logit_adj)   arm logit_adj --data "$FERPLUS" "$CKPLUS" "$SFEW" "${SHORT[@]}" "${COLOUR[@]}" --logit-adjust 1 ;;
     balanced)    arm balanced --data "$FERPLUS" "$CKPLUS" "$SFEW" "${SHORT[@]}" "${COLOUR[@]}" --balanced-sampler ;;
     px160)       arm px160 --data "$FERPLUS" "$CKPLUS" "$SFEW" "${SHORT[@]}" "${COLOUR[@]}" --img-size 160 ;;
+    # dlib's face-recognition trunk (pretrained on colour faces; docs/convert.md), heads from scratch:
+    # it has not seen an expression, so it starts at lr 0.01 as the FER+ model did from FER2013's
+    face_trunk)  START=(--trunk face_resnet --pretrained "$DATA_ROOT/face_resnet_faceapi.safetensors" --img-size 150)
+                 arm face_trunk --data "$FERPLUS" "$CKPLUS" "$SFEW" "${SHORT[@]}" "${COLOUR[@]}" --lr 0.01 ;;
     *) echo "unknown arm $1" >&2; exit 2 ;;
   esac
 }
 
 ARMS=("$@")
-[ ${#ARMS[@]} -gt 0 ] || ARMS=(grey colour colour_raw logit_adj balanced px160)
+[ ${#ARMS[@]} -gt 0 ] || ARMS=(grey colour colour_raw logit_adj balanced px160 face_trunk)
 for a in "${ARMS[@]}"; do run_arm "$a"; done

@@ -90,3 +90,55 @@ def test_train_init_starts_a_new_run_from_a_model_file(tmp_path):
     assert torch.allclose(ckpt["state_dict"]["fc.weight"][2], old["fc.weight"][OLD.index("happy")], atol=1e-6)
     assert torch.allclose(ckpt["state_dict"]["trunk.layer1.0.conv1.weight"], old["trunk.layer1.0.conv1.weight"],
                           atol=1e-6)
+
+
+def interior(y: torch.Tensor, border: int = 2) -> torch.Tensor:
+    return y[..., border:-border, border:-border]
+
+
+def test_grey_model_spread_reads_colour_as_its_grey_version():
+    from data.transforms import LUMA
+    from utils.finetune import spread_grey_input
+
+    grey = old_model().eval()
+    with torch.no_grad():  # BatchNorm statistics away from (0, 1), to see the constant land there
+        grey.trunk.bn1.running_mean.uniform_(-1, 1)
+        grey.trunk.bn1.running_var.uniform_(0.5, 2)
+    colour = old_model().eval()
+    colour.load_state_dict(grey.state_dict())
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    assert spread_grey_input(colour, mean, std) == "trunk.conv1"
+    w, w2 = grey.trunk.conv1.weight, colour.trunk.conv1.weight
+    s, k = torch.tensor(std).view(1, 3, 1, 1), torch.tensor(LUMA).view(1, 3, 1, 1)
+    a = (w / s).sum(1, keepdim=True)
+    assert torch.allclose(w2, s * k * a)  # by hand: W'_c = s_c k_c sum_d W_d / s_d
+    assert torch.allclose((w2 / s).sum(1), a[:, 0], atol=1e-6)  # a grey pixel's weight is kept
+
+    torch.manual_seed(3)
+    photo = torch.rand(2, 3, 40, 40)  # colour, in [0, 1]
+    luma = (photo * torch.tensor(LUMA).view(1, 3, 1, 1)).sum(1, keepdim=True).expand(-1, 3, -1, -1)
+    m, sd = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        first = lambda net, x: net.trunk.bn1(net.trunk.conv1((x - m) / sd))  # noqa: E731
+        y_grey, y_colour = first(grey, luma), first(colour, photo)
+        assert torch.allclose(interior(y_colour), interior(y_grey), atol=1e-4)  # equal away from the padding
+        assert not torch.allclose(first(grey, photo), y_grey, atol=1e-2)  # unspread, colour reads otherwise
+        # the whole model: equal but for the border's share
+        out_grey, out_colour = grey((luma - m) / sd).logits, colour((photo - m) / sd).logits
+        assert (out_colour - out_grey).abs().max() < 0.1 * out_grey.abs().max()
+
+
+def test_init_spreads_only_a_grey_file_into_a_colour_run(tmp_path):
+    path = tmp_path / "grey.safetensors"
+    save_safetensors(old_model().state_dict(), {**meta(OLD), "grayscale": True}, path, half=False)
+    original = old_model().trunk.conv1.weight
+    for colour, spread in [(True, "trunk.conv1"), (False, "")]:
+        model = build_model("dan", num_classes=7, num_heads=2)
+        report = init_from(model, None, path, "dan", OLD, colour=colour)
+        assert report.spread == spread and ("spread over colour" in report.summary()) == colour
+        assert torch.equal(model.trunk.conv1.weight, original) != colour
+    colour_file = tmp_path / "colour.safetensors"
+    save_safetensors(old_model().state_dict(), {**meta(OLD), "grayscale": False}, colour_file, half=False)
+    model = build_model("dan", num_classes=7, num_heads=2)
+    assert init_from(model, None, colour_file, "dan", OLD, colour=True).spread == ""
+    assert torch.equal(model.trunk.conv1.weight, original)

@@ -90,3 +90,42 @@ def test_flip_tta_averages_the_logits_of_each_face_and_its_mirror(recognizer):
         recognizer.tta = True
     assert np.allclose(single, softmax(logits[:3] / recognizer.temperature), atol=1e-6)
     assert not np.allclose(single, probs, atol=1e-4)
+
+def test_a_colour_model_reads_colour_through_onnx_predict_and_serve(workdir, cache_dir, photos, capsys):
+    """A model trained on colour faces (metadata grayscale false) gets colour crops on every path:
+    the ONNX export keeps the flag, predict.py and serve.py answer as the recognizer does."""
+    import json
+
+    from fastapi.testclient import TestClient
+
+    import predict
+    from utils.inference.export import cached_onnx, read_onnx_meta
+    from utils.inference.fetch import FetchLimits
+    from utils.server import ServeOptions, create_app
+
+    path = make_checkpoint(workdir / "colour_model.safetensors", grayscale=False)
+    onnx_path = cached_onnx(path, cache_dir)
+    import onnxruntime as ort
+    assert read_onnx_meta(ort.InferenceSession(str(onnx_path)))["grayscale"] is False
+    colour = EmotionRecognizer(path, cache_dir=cache_dir, threads=1, detector="haar")
+    grey = EmotionRecognizer(path, cache_dir=cache_dir, threads=1, detector="haar", grayscale=True)
+    assert not colour.grayscale and colour.backend == "onnx"
+    face, face_grey = colour.predict(photos / "one.jpg")[0], grey.predict(photos / "one.jpg")[0]
+    assert not np.array_equal(face.crop[..., 0], face.crop[..., 2])  # colour reached the model
+    p, q = np.array(list(face.probabilities.values())), np.array(list(face_grey.probabilities.values()))
+    assert np.abs(p - q).max() > 1e-4
+    torch_run = EmotionRecognizer(path, backend="torch", threads=1, detector="haar").predict(photos / "one.jpg")[0]
+    assert np.abs(p - np.array(list(torch_run.probabilities.values()))).max() < 1e-4
+
+    args = predict.get_args_parser().parse_args(["--checkpoint", str(path), "--cache-dir", str(cache_dir),
+                                                 "--detector", "haar", "--threads", "1", "--json",
+                                                 "--params", str(photos / "one.jpg")])
+    assert predict.main(args) == 0
+    printed = json.loads(capsys.readouterr().out)["faces"][0]["probabilities"]
+    assert printed == pytest.approx(face.probabilities, abs=1e-5)
+
+    options = ServeOptions(limits=FetchLimits(allow_private=False), max_pixels=2_000_000, workers=1, queue=4)
+    with TestClient(create_app(colour, options)) as client:
+        assert client.get("/model").json()["grayscale"] is False
+        answer = client.post("/predict", files={"file": ("one.jpg", (photos / "one.jpg").read_bytes())}).json()
+    assert answer["faces"][0]["probabilities"] == pytest.approx(face.probabilities, abs=1e-5)

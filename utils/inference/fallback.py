@@ -17,8 +17,9 @@ A large photo, or a wide one (a landscape), with no face found stays without a f
 On a tight crop the detector sometimes finds only a part of the face (the nose and mouth, as a
 small face). So a small face-shaped photo whose largest detection is under `small_face` of its
 shorter side also gets the padded retry, and the retry's faces replace the first ones when
-their largest is larger.
+their largest is at least `larger` times as large (a jitter of the same box does not count).
 """
+import argparse
 from dataclasses import dataclass
 from typing import Callable, List, Tuple
 
@@ -45,14 +46,16 @@ class Fallback:
         whole_aspect: (low, high) bounds of height / width for a photo taken whole.
         small_face: on a small face-shaped photo, a largest face under this fraction of the
             shorter side is checked against the padded retry.
+        larger: how many times larger (in side) the retry's largest face must be to replace it.
     """
 
     pad: float = 0.35
     pad_mode: str = "edge"
     whole_image: bool = True
     whole_max_side: int = 512
-    whole_aspect: Tuple[float, float] = (0.75, 1.6)
+    whole_aspect: Tuple[float, float] = (0.8, 1.6)
     small_face: float = 0.5
+    larger: float = 1.5
 
     def __post_init__(self):
         if not 0 <= self.pad <= 2:  # also refuses NaN
@@ -80,7 +83,7 @@ class Fallback:
             return found, DETECTOR
         if self.pad > 0:
             padded = padded_detect(detector, image, self.pad, self.pad_mode)
-            if padded and (not found or largest_side(padded) > largest_side(found)):
+            if padded and (not found or largest_side(padded) >= self.larger * largest_side(found)):
                 return padded, PADDED
         if found:
             return found, DETECTOR
@@ -109,3 +112,19 @@ def padded_detect(detector: Callable[[np.ndarray], List[Detection]], image: np.n
         landmarks = None if d.landmarks is None else np.asarray(d.landmarks, dtype=np.float64) - p
         kept.append(Detection(box=(x, y, bw, bh), score=d.score, landmarks=landmarks))
     return kept
+
+
+def add_fallback_args(p: argparse.ArgumentParser) -> None:
+    """The fallbacks' options, the same in predict.py, serve.py and utils.inference.reframe."""
+    p.add_argument("--pad-retry", type=float, default=Fallback.pad, metavar="FRACTION",
+                   help="when no face is found, detect again on the photo padded by this fraction of its longer "
+                        "side (tight face crops); 0 turns it off")
+    p.add_argument("--pad-mode", default=Fallback.pad_mode, choices=sorted(PAD_MODES),
+                   help="the retry's padding: edge repeats the border pixels, mirror reflects the photo")
+    p.add_argument("--whole-image", action=argparse.BooleanOptionalAction, default=True,
+                   help="when still no face is found and the photo is small and face-shaped (a face crop), "
+                        "classify the whole photo as one face, marked as such")
+
+
+def fallback_from_args(args: argparse.Namespace) -> Fallback:
+    return Fallback(pad=args.pad_retry, pad_mode=args.pad_mode, whole_image=args.whole_image)

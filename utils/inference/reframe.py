@@ -29,7 +29,7 @@ from data.prepare.common import Problems, Sample, check_destination, image_files
 from utils.errors import ArgumentParser, UserError, number, run_cli
 
 from .detectors import DETECTORS, build_detector
-from .fallback import PAD_MODES, Fallback
+from .fallback import Fallback, add_fallback_args, fallback_from_args
 from .faces import Detection, crop_face
 from .recognizer import locate_faces
 
@@ -48,9 +48,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--detector", default="auto", choices=sorted(DETECTORS))
     p.add_argument("--margin", type=number(float, 0), default=0.2, help="as predict.py's --margin")
     p.add_argument("--no-align", action="store_true", help="as predict.py's --no-align")
-    p.add_argument("--pad-retry", type=number(float, 0, 2), default=Fallback.pad, help="as predict.py's")
-    p.add_argument("--pad-mode", default=Fallback.pad_mode, choices=sorted(PAD_MODES))
-    p.add_argument("--whole-image", action=argparse.BooleanOptionalAction, default=True, help="as predict.py's")
+    add_fallback_args(p)
     return p
 
 
@@ -116,7 +114,7 @@ def main(args) -> Counter:
     src, dst = Path(args.src), Path(args.dst)
     if not src.is_dir():
         raise UserError(f"--src {src} is not a folder")
-    fallback = Fallback(pad=args.pad_retry, pad_mode=args.pad_mode, whole_image=args.whole_image)
+    fallback = fallback_from_args(args)
     how = reframe(src, dst, args.splits, args.source or src.name, build_detector(args.detector), fallback,
                   args.margin, not args.no_align)
     total = sum(how.values())
