@@ -26,6 +26,7 @@ SHORT=(--source-fraction ferplus=0.25 --oversample ckplus48=2 sfew=2)
 RECIPE=(--epochs 2 --batch-size 64 --optimizer sgd --lr 0.005 --sched cosine --warmup-epochs 0.1 --aug fer
         --select source-mean --cache yes --seed 0)
 COLOUR=(--no-grayscale --colour-aug 0.5 --grey-prob 0.2)
+GREY=(--grayscale)  # grey read SFEW val better end to end than colour (docs/training.md): the arms after it use it
 
 arm() {  # NAME, then train.py options
   local name=$1 out=$OUT/$1; shift
@@ -42,17 +43,17 @@ arm() {  # NAME, then train.py options
 
 run_arm() {
   case $1 in
-    grey)        arm grey --data "$FERPLUS" "$CKPLUS" "$SFEW" "${SHORT[@]}" --grayscale ;;
+    grey)        arm grey --data "$FERPLUS" "$CKPLUS" "$SFEW" "${SHORT[@]}" "${GREY[@]}" ;;
     colour)      arm colour --data "$FERPLUS" "$CKPLUS" "$SFEW" "${SHORT[@]}" "${COLOUR[@]}" ;;
     # SFEW's own crops (143x181, hair and neck) instead of predict.py's framing
     colour_raw)  arm colour_raw --data "$FERPLUS" "$CKPLUS" ../shared/data/sfew "${SHORT[@]}" "${COLOUR[@]}" ;;
-    logit_adj)   arm logit_adj --data "$FERPLUS" "$CKPLUS" "$SFEW" "${SHORT[@]}" "${COLOUR[@]}" --logit-adjust 1 ;;
-    balanced)    arm balanced --data "$FERPLUS" "$CKPLUS" "$SFEW" "${SHORT[@]}" "${COLOUR[@]}" --balanced-sampler ;;
-    px160)       arm px160 --data "$FERPLUS" "$CKPLUS" "$SFEW" "${SHORT[@]}" "${COLOUR[@]}" --img-size 160 ;;
+    logit_adj)   arm logit_adj --data "$FERPLUS" "$CKPLUS" "$SFEW" "${SHORT[@]}" "${GREY[@]}" --logit-adjust 1 ;;
+    balanced)    arm balanced --data "$FERPLUS" "$CKPLUS" "$SFEW" "${SHORT[@]}" "${GREY[@]}" --balanced-sampler ;;
+    px160)       arm px160 --data "$FERPLUS" "$CKPLUS" "$SFEW" "${SHORT[@]}" "${GREY[@]}" --img-size 160 ;;
     # dlib's face-recognition trunk (pretrained on colour faces; docs/convert.md), heads from scratch:
     # it has not seen an expression, so it starts at lr 0.01 as the FER+ model did from FER2013's
     face_trunk)  START=(--trunk face_resnet --pretrained "$DATA_ROOT/face_resnet_faceapi.safetensors" --img-size 150)
-                 arm face_trunk --data "$FERPLUS" "$CKPLUS" "$SFEW" "${SHORT[@]}" "${COLOUR[@]}" --lr 0.01 ;;
+                 arm face_trunk --data "$FERPLUS" "$CKPLUS" "$SFEW" "${SHORT[@]}" "${GREY[@]}" --lr 0.01 ;;
     *) echo "unknown arm $1" >&2; exit 2 ;;
   esac
 }
