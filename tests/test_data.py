@@ -232,3 +232,47 @@ def test_mix_batch_mixes_images_and_targets_alike():
     own = (mixed == x).float().mean(dim=(1, 2, 3))  # the share of each image left in place
     moved = perm != torch.arange(4)
     assert torch.allclose(own[moved], torch.full_like(own[moved], lam))
+
+
+def test_grayscale_folder_matches_pils_luma(tmp_path):
+    folder = tmp_path / "d" / "train" / "happy"
+    folder.mkdir(parents=True)
+    pixels = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(folder / "c.png")
+    colour = FaceFolder([tmp_path / "d"], "train", 16)[0][0]
+    grey = FaceFolder([tmp_path / "d"], "train", 16, grayscale=True)[0][0]
+    assert not torch.equal(colour[0], colour[2])
+    assert torch.equal(grey[0], grey[1]) and torch.equal(grey[1], grey[2])
+    luma = pixels @ np.array([0.299, 0.587, 0.114])  # ITU-R 601, what PIL's "L" rounds
+    assert np.abs(grey[0].numpy() - luma).max() <= 1
+
+
+def test_colour_matrices_by_hand():
+    from data.transforms import LUMA, colour_matrices
+    one = torch.ones(1)
+    assert torch.allclose(colour_matrices(torch.zeros(1), one, torch.ones(1, 3))[0], torch.eye(3), atol=1e-6)
+    # saturation 0: every channel becomes the luma
+    flat = colour_matrices(torch.zeros(1), torch.zeros(1), torch.ones(1, 3))[0]
+    assert torch.allclose(flat, torch.tensor(LUMA).expand(3, 3), atol=1e-6)
+    # a hue turn keeps greys grey and the luma of any colour
+    turn = colour_matrices(torch.tensor([1.3]), one, torch.ones(1, 3))[0]
+    assert torch.allclose(turn @ torch.full((3,), 0.4), torch.full((3,), 0.4), atol=1e-6)
+    rgb = torch.tensor([0.9, 0.2, 0.1])
+    assert torch.allclose(torch.tensor(LUMA) @ (turn @ rgb), torch.tensor(LUMA) @ rgb, atol=1e-6)
+    assert not torch.allclose(turn @ rgb, rgb, atol=1e-2)
+    # white balance: per-channel gains
+    gains = torch.tensor([[1.1, 1.0, 0.9]])
+    assert torch.allclose(colour_matrices(torch.zeros(1), one, gains)[0], torch.diag(gains[0]), atol=1e-6)
+
+
+def test_colour_shift_and_grey_augmentations():
+    torch.manual_seed(0)
+    norm = Normalize([0] * 3, [1] * 3)
+    x = (torch.rand(6, 3, 16, 16) * 255).to(torch.uint8)
+    grey = TrainAugment(identity_config(p_grey=1.0), norm)(x)
+    assert torch.allclose(grey[:, 0], grey[:, 1]) and torch.allclose(grey[:, 1], grey[:, 2])
+    shifted = TrainAugment(identity_config(p_colour_shift=1.0), norm)(x)
+    assert not torch.allclose(shifted, norm(x), atol=1e-2) and shifted.min() >= 0 and shifted.max() <= 1
+    # the shift moves colour, not brightness much: the luma stays close
+    luma = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    assert ((shifted * luma).sum(1) - (norm(x) * luma).sum(1)).abs().mean() < 0.05

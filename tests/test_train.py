@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -155,3 +156,28 @@ def test_fp16_autocast_with_grad_scaler_trains(monkeypatch):
     assert torch.isfinite(torch.tensor(stats["train_loss"]))
     assert not torch.equal(before, model.fc.weight)
     assert scaler.state_dict()["scale"] == 2.0 ** 8  # no overflow at this scale, so no step was skipped
+
+
+def test_grayscale_source_fraction_and_colour_options(tmp_path):
+    data = make_image_folder(tmp_path / "a", ["angry", "happy", "sad"], per_class=4)
+    other = make_image_folder(tmp_path / "b", ["angry", "happy", "sad"], per_class=6, seed=1)
+    out = tmp_path / "grey"
+    run_train("--data", data, other, "--epochs", 1, "--output", out, "--grayscale",
+              "--source-fraction", "b=0.5", *FAST)
+    ckpt = load_checkpoint(out / "last.pth")
+    assert ckpt["meta"]["grayscale"] is True  # colour images, trained grey: prediction will feed grey
+    train_set = train.build_data(train.resolve_args(train.get_args_parser().parse_args(
+        ["--data", str(data), str(other), "--source-fraction", "b=0.5", *FAST])), torch.device("cpu"),
+        train.init_distributed("cpu"))[0]
+    counts = np.bincount(train_set.source_ids, minlength=2)
+    assert counts[0] == 12 and 0 < counts[1] < 18  # a: all 12; b: a share of its 18, fixed by the seed
+    out = tmp_path / "colour"
+    run_train("--data", data, "--epochs", 1, "--output", out, "--no-grayscale", "--colour-aug", 0.5,
+              "--grey-prob", 0.2, *FAST)
+    assert load_checkpoint(out / "last.pth")["meta"]["grayscale"] is False
+    with pytest.raises(UserError, match="colour training"):
+        run_train("--data", data, "--epochs", 1, "--output", tmp_path / "x", "--grayscale", "--colour-aug", 0.5, *FAST)
+    with pytest.raises(UserError, match="not sources"):
+        run_train("--data", data, "--epochs", 1, "--output", tmp_path / "y", "--source-fraction", "zz=0.5", *FAST)
+    with pytest.raises(UserError, match="fraction in"):
+        run_train("--data", data, "--epochs", 1, "--output", tmp_path / "z", "--source-fraction", "a=2", *FAST)
