@@ -553,9 +553,10 @@ def accuracy_rows(checkpoint: Path, data: Path, workdir: Path, threads: int,
     model, meta = load_model(checkpoint)
     size = int(meta["img_size"])
     normalize = Normalize(meta["mean"], meta["std"])
-    val = FaceFolder([data], "val", size, classes=meta["classes"])
+    grey = bool(meta.get("grayscale"))  # the model's faces as prediction feeds them
+    val = FaceFolder([data], "val", size, classes=meta["classes"], grayscale=grey)
     cache = TensorCache(val, torch.device("cpu"), min(4, cpu_count()), desc="decoding val")
-    train = subset(FaceFolder([data], "train", size, classes=meta["classes"]), calibration_images)
+    train = subset(FaceFolder([data], "train", size, classes=meta["classes"], grayscale=grey), calibration_images)
     calib = TensorCache(train, torch.device("cpu"), min(4, cpu_count()), desc="decoding calibration images")
     calibration = [normalize(calib.images[k:k + 64]).numpy() for k in range(0, len(calib.labels), 64)]
     torch.set_num_threads(threads)

@@ -83,7 +83,8 @@ def recompute_batchnorm(model: nn.Module, batches, normalize: Normalize) -> int:
 
 def bn_batches(roots: Sequence[Path], meta: Dict, images: int, batch_size: int, seed: int) -> Batches:
     """A fixed random subset of `images` training images of `roots`, in the model's input form."""
-    dataset = FaceFolder(list(roots), "train", meta["img_size"], classes=meta["classes"], skip_unknown=True)
+    dataset = FaceFolder(list(roots), "train", meta["img_size"], classes=meta["classes"], skip_unknown=True,
+                         grayscale=bool(meta.get("grayscale")))  # a grey model's statistics are of grey faces
     g = torch.Generator().manual_seed(seed)
     keep = torch.randperm(len(dataset), generator=g)[:images].sort().values.tolist()
     dataset.samples = [dataset.samples[i] for i in keep]
