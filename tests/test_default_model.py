@@ -62,7 +62,7 @@ def test_ferplus_model_is_compact_calibrated_and_self_describing(ferplus):
     assert meta["model"] == "dan" and meta["model_args"] == {"num_classes": 8, "num_heads": 4}
     assert meta["classes"] == FERPLUS_CLASSES and meta["img_size"] == 112 and meta["grayscale"]
     assert 0.5 < meta["temperature"] < 3 and meta["calibration"]["ece_after"] < meta["calibration"]["ece_before"]
-    assert DEFAULT_MODEL == FERPLUS  # the default of predict.py, test.py, serve.py and EmotionRecognizer
+    assert DEFAULT_MODEL != FERPLUS  # the faces-in-the-wild model below is the default now
     assert not model.training
 
 
@@ -75,3 +75,42 @@ def test_ferplus_model_recognises_clear_expressions_of_unseen_subjects(ferplus, 
     folder = shared_or_skip("ck_plus_48", "all", expected)
     model, meta = ferplus
     assert classify(model, meta, [folder / f for f in files]) == [expected] * len(files)
+
+
+WILD = ROOT / "Data" / "dan_wild.safetensors"
+
+
+@pytest.fixture(scope="module")
+def wild():
+    return load_model(WILD)
+
+
+def test_default_model_is_the_wild_one_compact_calibrated_and_grey(wild):
+    from utils.paths import DEFAULT_MODEL
+    assert DEFAULT_MODEL == WILD  # the default of predict.py, test.py, serve.py and EmotionRecognizer
+    assert WILD.stat().st_size <= 40_000_000
+    model, meta = wild
+    assert meta["model"] == "dan" and meta["model_args"] == {"num_classes": 8, "num_heads": 4}
+    assert meta["classes"] == FERPLUS_CLASSES and meta["img_size"] == 112 and meta["grayscale"] is True
+    assert 0.5 < meta["temperature"] < 3 and meta["calibration"]["ece_after"] < meta["calibration"]["ece_before"]
+    assert [a["file"] for a in meta["averaged_from"]][0] == "Data/dan_ferplus.safetensors"
+    assert not model.training
+
+
+@pytest.mark.parametrize("expected,files", [  # CK+48 fold 0: subjects never trained on
+    ("happy", ["S026_006_00000013.png", "S035_006_00000016.png"]),
+    ("surprise", ["S026_001_00000015.png", "S035_001_00000013.png"]),
+    ("disgust", ["S005_001_00000011.png"]),
+])
+def test_wild_model_recognises_clear_expressions_of_unseen_subjects(wild, expected, files):
+    folder = shared_or_skip("ck_plus_48", "all", expected)
+    model, meta = wild
+    assert classify(model, meta, [folder / f for f in files]) == [expected] * len(files)
+
+
+def test_wild_model_reads_the_sample_photo_end_to_end(cache_dir):
+    """predict.py's default path on the shipped photo: one happy face."""
+    from utils.inference.recognizer import EmotionRecognizer
+    faces = EmotionRecognizer(threads=1, cache_dir=cache_dir).predict(ROOT / "Data" / "samples" / "astronaut.jpg")
+    assert len(faces) == 1 and faces[0].emotion == "happy" and faces[0].probabilities["happy"] > 0.9
+    assert faces[0].box_source == "detector"

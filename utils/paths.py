@@ -3,8 +3,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 # The model predict.py, test.py, serve.py and EmotionRecognizer use without --checkpoint
-# (its card: Data/MODEL_CARD_ferplus.md; the FER2013 model stays for that benchmark's row).
-DEFAULT_MODEL = ROOT / "Data" / "dan_ferplus.safetensors"
+# (its card: Data/MODEL_CARD_wild.md; the FER+ and FER2013 models stay for their benchmarks' rows).
+DEFAULT_MODEL = ROOT / "Data" / "dan_wild.safetensors"
 # The face detector the default detector ("auto") starts from: face-api's Tiny Face Detector,
 # converted by `python3 -m utils.convert --format faceapi-tinyface` (docs/convert.md).
 TINYFACE_WEIGHTS = ROOT / "Data" / "tiny_face_detector.onnx"
