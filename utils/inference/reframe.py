@@ -30,7 +30,7 @@ from utils.errors import ArgumentParser, UserError, number, run_cli
 
 from .detectors import DETECTORS, build_detector
 from .fallback import Fallback, add_fallback_args, fallback_from_args
-from .faces import Detection, crop_face
+from .faces import Detection
 from .recognizer import locate_faces
 
 log = logging.getLogger(__name__)
