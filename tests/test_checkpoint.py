@@ -86,3 +86,21 @@ def test_reader_points_a_project_file_elsewhere(tmp_path):
             read_state_dict(tmp_path / name, "use --init")
     torch.save({"module.w": torch.ones(2)}, tmp_path / "plain.pth")
     assert list(read_state_dict(tmp_path / "plain.pth", "")) == ["w"]
+
+
+def test_written_model_files_are_readable_by_others_as_open_would_make_them(tmp_path):
+    """mkstemp makes 0600 files, and safetensors' writer replaces the file it is given: both the
+    .safetensors and the .pth written atomically end up 0666 less the umask (0644 under 022)."""
+    import os
+
+    from utils.checkpoint import save_checkpoint, save_safetensors
+    umask = os.umask(0o022)
+    try:
+        model = build_model("resnet18", num_classes=3)
+        meta = ModelMeta.for_model("resnet18", {"num_classes": 3}, ["a", "b", "c"], 32)
+        save_safetensors(model.state_dict(), meta.to_dict(), tmp_path / "m.safetensors")
+        save_checkpoint({"format": FORMAT, "meta": meta.to_dict(), "state_dict": model.state_dict()}, tmp_path / "m.pth")
+    finally:
+        os.umask(umask)
+    for name in ("m.safetensors", "m.pth"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644, name

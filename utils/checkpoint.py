@@ -129,9 +129,11 @@ def atomic_write(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # as open() would create it, not mkstemp's owner-only 0600
     try:
         write(tmp)
+        # As open() would create it, not mkstemp's owner-only 0600; after writing, since a writer
+        # may replace the file (safetensors' save_file does) instead of writing into it.
+        os.chmod(tmp, 0o666 & ~_UMASK)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         fault_point(f"write:{path.name}")
