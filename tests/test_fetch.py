@@ -32,3 +32,26 @@ def test_fetch_failures_are_one_clear_sentence(photo_server, path, message):
 def test_fetch_refuses_other_schemes():
     with pytest.raises(UserError, match="only http and https"):
         fetch("file:///etc/passwd")
+
+
+@pytest.mark.parametrize("address, words", [
+    ("::ffff:10.0.0.1", "10.0.0.1, which is a private"),         # IPv4-mapped
+    ("::10.0.0.1", "10.0.0.1, which is a private"),              # IPv4-compatible
+    ("::127.0.0.1", "127.0.0.1, which is a loopback"),
+    ("2002:a00:1::1", "10.0.0.1, which is a private"),           # 6to4 of 10.0.0.1
+    ("2002:7f00:1::", "127.0.0.1, which is a loopback"),
+    ("2002:a9fe:a9fe::1", "169.254.169.254, which is a link-local"),  # the cloud metadata address
+    ("64:ff9b::192.168.1.1", "192.168.1.1, which is a private"),  # NAT64
+    ("64:ff9b:1::a00:1", "10.0.0.1, which is a private"),
+])
+def test_ipv6_forms_of_private_ipv4_addresses_are_refused(address, words):
+    from utils.inference.fetch import UrlRefused, check_public_address
+    with pytest.raises(UrlRefused, match=words):
+        check_public_address("example.org", address)
+
+
+@pytest.mark.parametrize("address", ["2002:808:808::1", "64:ff9b::8.8.8.8", "::ffff:8.8.8.8", "2606:4700::1111",
+                                     "8.8.8.8"])
+def test_public_addresses_in_any_form_pass(address):
+    from utils.inference.fetch import check_public_address
+    check_public_address("example.org", address)  # no refusal

@@ -241,11 +241,30 @@ def check_public_host(url: str) -> None:
             raise UrlRefused(f"{url}: {err}") from None
 
 
+NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
+
+
+def embedded_ipv4(ip) -> Optional[ipaddress.IPv4Address]:
+    """The IPv4 address an IPv6 address carries and is routed to, or None: IPv4-mapped
+    (::ffff:a.b.c.d), IPv4-compatible (::a.b.c.d), 6to4 (2002:AABB:CCDD::/48) and NAT64
+    (64:ff9b::a.b.c.d, 64:ff9b:1::/48). Python calls most of these global whatever they carry,
+    so a private IPv4 address would pass as public inside them."""
+    if ip.version != 6:
+        return None
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if any(ip in net for net in NAT64) or (ip in IPV4_COMPATIBLE and int(ip) > 1):  # not :: or ::1
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
 def check_public_address(host: str, address: str) -> None:
     """Raises UrlRefused, naming `host`, when `address` (where it resolved to) is not public."""
     ip = ipaddress.ip_address(address.split("%")[0])  # an IPv6 scope (fe80::1%eth0) is not part of it
-    if ip.version == 6 and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    ip = embedded_ipv4(ip) or ip
     if ip.is_global and not ip.is_multicast:
         return
     kind = ("loopback" if ip.is_loopback else "link-local" if ip.is_link_local else
