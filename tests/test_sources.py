@@ -46,3 +46,28 @@ def test_record_is_the_documented_json_object():
     assert record(item, [], 12.345) == {"input": "photo.jpg", "frame": None, "faces": [], "error": None,
                                         "ms": 12.35, "size": [20, 10]}
     assert "size" not in record(Input("x", error="x: broken"), [], 1.0)
+
+
+def test_recursive_globs_do_not_follow_links_to_folders(tmp_path, monkeypatch):
+    """Two links to a parent folder made glob.glob's ** run without end; one made each image
+    come out many times. Each image now comes once, through its real folder."""
+    root = tmp_path / "photos"
+    (root / "sub").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(root / "a.png")
+    Image.new("RGB", (8, 8)).save(root / "sub" / "b.png")
+    (root / "sub" / "up").symlink_to(root, target_is_directory=True)
+    (root / "sub" / "up2").symlink_to(root, target_is_directory=True)
+    names = [item.name for item in iter_inputs([str(root / "**" / "*.png")])]
+    assert names == [str(root / "a.png"), str(root / "sub" / "b.png")]
+    monkeypatch.chdir(tmp_path)
+    assert [item.name for item in iter_inputs(["photos/**/*.png"])] == ["photos/a.png", "photos/sub/b.png"]
+    assert [item.name for item in iter_inputs([str(root)])] == [str(root / "a.png"), str(root / "sub" / "b.png")]
+
+
+def test_empty_input_and_impossible_webcam_are_one_error_each(tmp_path, monkeypatch):
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    monkeypatch.chdir(tmp_path)  # an empty argument used to mean every image under here
+    items = list(iter_inputs(["", "  ", "99999999999999999999", "a.png"]))
+    assert [i.error is None for i in items] == [False, False, False, True]
+    assert "an empty input" in items[0].error and "no such webcam" in items[2].error
+    assert items[3].image is not None  # the other inputs still run

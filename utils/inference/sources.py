@@ -20,6 +20,7 @@ from utils.errors import UserError
 
 from .fetch import FetchLimits, fetch_image, is_url
 
+MAX_WEBCAM = 2**31 - 1  # OpenCV takes a C int
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
 
 
@@ -61,10 +62,15 @@ def iter_inputs(params: Sequence[str], limits: FetchLimits = FetchLimits(), max_
     """Expand every argument and yield its images in order (folders and globs sorted by path)."""
     for param in params:
         try:
-            if is_url(param):
+            if not param.strip():  # Path("") is the working directory: every image under it
+                yield Input(param, error="an empty input: give a file, folder, glob pattern, URL or webcam index")
+            elif is_url(param):
                 yield _timed(param, lambda: np.asarray(fetch_image(param, limits, max_pixels)))
             elif re.fullmatch(r"\d+", param) and not Path(param).exists():
-                yield from iter_frames(param, int(param), frame_stride, max_frames)
+                if int(param) > MAX_WEBCAM:
+                    yield Input(param, error=f"{param}: no such webcam (indexes run from 0 to {MAX_WEBCAM})")
+                else:
+                    yield from iter_frames(param, int(param), frame_stride, max_frames)
             elif Path(param).is_dir():
                 files = sorted(p for p in Path(param).rglob("*") if p.is_file() and is_image_file(p))
                 if not files:
@@ -74,7 +80,7 @@ def iter_inputs(params: Sequence[str], limits: FetchLimits = FetchLimits(), max_
             elif Path(param).is_file():
                 yield from _from_file(param, max_pixels, frame_stride, max_frames)
             elif any(c in param for c in "*?["):
-                matches = sorted(p for p in glob.glob(param, recursive=True) if Path(p).is_file())
+                matches = sorted(p for p in expand_glob(param) if Path(p).is_file())
                 if not matches:
                     yield Input(param, error=f"{param}: no file matches this pattern")
                 for path in matches:
@@ -85,6 +91,18 @@ def iter_inputs(params: Sequence[str], limits: FetchLimits = FetchLimits(), max_
                 yield Input(param, error=f"{param}: no such file or folder")
         except UserError as err:
             yield Input(param, error=str(err))
+
+
+def expand_glob(pattern: str):
+    """The paths a glob pattern matches; `**` never enters a linked directory (glob.glob follows
+    links, so a link to a parent folder made it run without end, or list each image many times)."""
+    if "**" not in pattern:
+        return glob.glob(pattern)
+    parts = Path(pattern).parts
+    first = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+    root = Path(*parts[:first]) if first else Path(".")
+    # pathlib's ** does not follow links to directories (Python 3.13 names it follow_symlinks=None)
+    return [str(p) for p in root.glob(str(Path(*parts[first:])))]
 
 
 def _from_file(path: str, max_pixels: int, frame_stride: int, max_frames: Optional[int]) -> Iterator[Input]:
