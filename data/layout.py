@@ -10,6 +10,8 @@ their source. `IMAGE_EXTENSIONS` is both what `data.prepare` copies and what `Fa
 from pathlib import Path
 from typing import Tuple, Union
 
+from utils.errors import UserError
+
 SPLITS = ("train", "val", "test")
 MANIFEST = "manifest.csv"
 MANIFEST_COLUMNS = ("path", "class", "split", "source", "subject", "original")
@@ -29,3 +31,16 @@ def split_source_prefix(name: str) -> Tuple[str, str]:
     """
     source, separator, rest = name.partition(SOURCE_SEPARATOR)
     return (source, rest) if separator and source else ("", name)
+
+
+def check_path_part(value: str, what: str, where: str) -> str:
+    """`value` as one plain path component, or a UserError naming `what` it is and `where` it came from.
+
+    Class, source, split and file names read from files (manifests, votes, CSVs) become folders and
+    file names of a prepared dataset: a name such as `../../tmp/x` would write outside it.
+    """
+    if (not value or value in (".", "..") or "/" in value or "\\" in value or "\0" in value
+            or Path(value).is_absolute()):
+        raise UserError(f"{where}: the {what} {value!r} is not a plain name (no path separators, not '.' "
+                        "or '..'); fix the file")
+    return value

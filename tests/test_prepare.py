@@ -585,6 +585,38 @@ def test_merge_rejects_an_unprepared_folder(tmp_path):
         _prepare("merge", "--src", tmp_path / "photos", "--dst", tmp_path / "out")
 
 
+def test_merge_refuses_a_manifest_class_that_leaves_the_destination(tmp_path):
+    """A class name from a source's manifest.csv became a folder as it was: '../../x' wrote outside --dst."""
+    raf, _ = _prepared_pair(tmp_path)
+    rows = _manifest(raf)
+    outside = tmp_path / "escaped"
+    rows[0]["class"] = "../../../" + str(outside).lstrip("/")
+    with open(raf / "manifest.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    with pytest.raises(UserError, match="is not a plain name") as err:
+        _prepare("merge", "--src", raf, "--dst", tmp_path / "merged")
+    assert "\n" not in str(err.value) and rows[0]["original"] in str(err.value)
+    assert not outside.exists() and not (tmp_path / "merged").exists()
+
+
+def test_class_map_refuses_two_entries_for_one_class(tmp_path):
+    from data.prepare.merge import parse_class_map
+    assert parse_class_map("happy=sad,sad=happy") == {"happy": "sad", "sad": "happy"}  # a swap is fine
+    with pytest.raises(UserError, match="maps happy twice") as err:
+        parse_class_map("happy=sad,sad=happy,joy=happy")  # joy is a synonym of happy
+    assert "'happy=sad'" in str(err.value) and "joy=happy" in str(err.value)
+
+
+def test_check_path_part_by_hand():
+    from data.layout import check_path_part
+    assert check_path_part("happy", "class", "m.csv:2") == "happy"
+    for bad in ("", ".", "..", "a/b", "..\\x", "/etc", "a\0b"):
+        with pytest.raises(UserError, match="not a plain name"):
+            check_path_part(bad, "class", "m.csv:2")
+
+
 # ---------------------------------------------------------------- audit
 
 def _leaky_copy(clean: Path, dst: Path) -> tuple[int, set]:

@@ -19,7 +19,7 @@ from typing import Callable, Optional
 from PIL import Image
 from tqdm import tqdm
 
-from data.layout import MANIFEST, MANIFEST_COLUMNS, is_image_file
+from data.layout import MANIFEST, MANIFEST_COLUMNS, check_path_part, is_image_file
 from data.votes import VOTES
 from utils.errors import UserError
 
@@ -214,6 +214,8 @@ def _write_images(samples: list[Sample], root: Path, link: bool, problems: Probl
         if sample.relpath in taken:
             problems.report(sample.original, f"another image is already written as {sample.relpath}")
             continue
+        for value, what in ((sample.split, "split"), (sample.label, "class"), (sample.name, "file name")):
+            check_path_part(value, what, sample.original)  # names from data never leave the destination
         target = root / sample.relpath
         target.parent.mkdir(parents=True, exist_ok=True)
         try:

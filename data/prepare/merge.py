@@ -51,8 +51,15 @@ def parse_class_map(text) -> dict:
             if not sep or not old.strip():
                 raise UserError(f"--class-map item {item!r} is not 'old=new' or 'old=-'")
             pairs[old] = new
-    return {normalize_class_name(old): (None if new.strip() in ("", "-") else normalize_class_name(new))
-            for old, new in pairs.items()}
+    mapped, given = {}, {}
+    for old, new in pairs.items():
+        key = normalize_class_name(old)
+        if key in mapped:  # e.g. happy=sad and joy=happy: joy is happy, so one would silently win
+            raise UserError(f"--class-map maps {key} twice ({given[key]!r} and {old}={new}, synonyms of one "
+                            "class): keep one")
+        mapped[key] = None if new.strip() in ("", "-") else normalize_class_name(new)
+        given[key] = f"{old}={new}"
+    return mapped
 
 
 def _read_prepared(root: Path, class_map: dict, problems: Problems) -> list[Sample]:
