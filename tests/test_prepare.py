@@ -820,3 +820,26 @@ def test_every_extension_prepare_copies_is_loaded_by_face_folder(tmp_path):
     assert sorted(set(written)) == sorted(IMAGE_EXTENSIONS)
     loaded = len(FaceFolder([dst], "train", 32)) + len(FaceFolder([dst], "val", 32))
     assert loaded == len(written) == 2 * len(IMAGE_EXTENSIONS)
+
+
+def test_ferplus_votes_are_matched_by_image_name_not_row_order(tmp_path):
+    """A votes file whose rows are shifted relabelled every image with exit 0; its rows now go to
+    the images they name, and a file whose names do not fit is refused with the counts."""
+    fer, votes = _ferplus_release(tmp_path / "release")
+    _prepare("ferplus", "--src", fer, "--votes", votes, "--dst", tmp_path / "in_order")
+    lines = votes.read_text().splitlines()
+    shuffled = tmp_path / "shuffled.csv"
+    shuffled.write_text("\n".join([lines[0]] + lines[1:][::-1]) + "\n")  # same rows, reversed
+    _prepare("ferplus", "--src", fer, "--votes", shuffled, "--dst", tmp_path / "reversed")
+    assert _manifest(tmp_path / "reversed") == _manifest(tmp_path / "in_order")
+    assert (tmp_path / "reversed" / "votes.csv").read_text() == (tmp_path / "in_order" / "votes.csv").read_text()
+    renamed = tmp_path / "renamed.csv"  # every name moved one row down: two images lose theirs
+    rows = [line.split(",") for line in lines[1:]]
+    names = [r[1] for r in rows]
+    for r, name in zip(rows, names[-1:] + names[:-1]):
+        r[1] = name
+    rows[0][1] = "fer9999999.png"
+    renamed.write_text("\n".join([lines[0]] + [",".join(r) for r in rows]) + "\n")
+    with pytest.raises(UserError, match="1 names are not its rows") as err:
+        _prepare("ferplus", "--src", fer, "--votes", renamed, "--dst", tmp_path / "out")
+    assert "\n" not in str(err.value) and not (tmp_path / "out").exists()

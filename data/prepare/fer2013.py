@@ -101,10 +101,7 @@ def pixels_to_image(pixels: bytes) -> Image.Image:
 
 def relabel_ferplus(samples: list, path: Path, problems: Problems) -> list:
     """Replace FER2013 labels by the FER+ plurality vote of the same row."""
-    votes = read_ferplus_votes(path, problems, "--ferplus")
-    if len(votes) != len(samples):
-        raise UserError(f"{path} has {len(votes)} rows but the FER2013 CSV has {len(samples)}: "
-                        "give the fer2013new.csv that goes with this fer2013.csv")
+    votes = votes_by_image(samples, read_ferplus_votes(path, problems, "--ferplus"), path)
     relabelled = []
     for sample, vote in zip(samples, votes):
         label = _majority(vote, problems) if sample is not None and vote is not None else None
@@ -115,9 +112,9 @@ def relabel_ferplus(samples: list, path: Path, problems: Problems) -> list:
 
 
 def read_ferplus_votes(path: Path, problems: Problems, option: str) -> list:
-    """One entry per data row of FER+'s fer2013new.csv (given as `option`), in file order:
-    {column of FERPLUS_VOTES: count}, {} for a row FER+ left out (no image name: not a
-    face), or None for a bad row (reported)."""
+    """One (image name, votes) per data row of FER+'s fer2013new.csv (given as `option`), in file
+    order: votes are {column of FERPLUS_VOTES: count}, or None for a bad row (reported); the name
+    is "" for a row FER+ left out (not a face)."""
     if not path.is_file():
         raise UserError(f"{option} {path} does not exist: give FER+'s fer2013new.csv")
     votes = []
@@ -125,15 +122,45 @@ def read_ferplus_votes(path: Path, problems: Problems, option: str) -> list:
         reader = csv.DictReader(f)
         require_columns(reader, FERPLUS_VOTES, path, "is it FER+'s fer2013new.csv?", kind="vote columns")
         for row in reader:
-            if not (row.get("Image name") or "").strip():
-                votes.append({})
+            name = (row.get("Image name") or "").strip()
+            if not name:
+                votes.append(("", {}))
                 continue
             try:
-                votes.append({name: int(row[name]) for name in FERPLUS_VOTES})
+                votes.append((name, {column: int(row[column]) for column in FERPLUS_VOTES}))
             except (TypeError, ValueError):
                 problems.report(f"{path}:{reader.line_num}", "votes must be whole numbers")
-                votes.append(None)
+                votes.append((name, None))
     return votes
+
+
+def votes_by_image(samples: list, votes: list, path: Path, csv_name: str = "the FER2013 CSV") -> list:
+    """Each FER2013 sample's FER+ votes, matched by image name (FER+ names data row i
+    fer<i>.png): {column: count}, {} for an image FER+ left out as not a face, None for a bad
+    row. Row order is not trusted: a shifted votes file would relabel every image.
+
+    Raises:
+        UserError: names that are not images of the CSV, a name given twice, or images that
+            neither a named row nor a not-a-face row accounts for; each with its count.
+    """
+    if len(votes) != len(samples):
+        raise UserError(f"{path} has {len(votes)} rows but {csv_name} has {len(samples)}: "
+                        "give the fer2013new.csv that goes with this fer2013.csv")
+    names = {f"fer{i:07d}.png" for i in range(len(samples))}
+    by_name, twice, unknown = {}, 0, 0
+    for name, counts in votes:
+        if not name:
+            continue
+        twice += name in by_name
+        unknown += name not in names
+        by_name[name] = counts
+    unnamed = sum(1 for name, _ in votes if not name)
+    missing = len(names) - len(set(by_name) & names)
+    if unknown or twice or missing != unnamed:
+        raise UserError(f"{path} does not match the FER2013 CSV by image name: {unknown} names are not its rows, "
+                        f"{twice} are given twice, {missing} images have no named row against {unnamed} rows "
+                        "without a name; give the fer2013new.csv that goes with this fer2013.csv")
+    return [by_name.get(f"fer{i:07d}.png", {}) for i in range(len(samples))]
 
 
 def _majority(votes: dict, problems: Problems):

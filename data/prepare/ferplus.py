@@ -1,8 +1,8 @@
 """`ferplus`: FER+ (FER2013's images relabelled by 10 annotators each), by the paper's majority protocol.
 
 Reads Kaggle's `fer2013.csv` (--src: emotion, pixels, Usage) and Microsoft's `fer2013new.csv`
-(--votes: one row of vote counts per FER2013 row, same order; rows without an `Image name`
-are not faces and are left out). Barsoum et al. 2016 (arXiv 1608.01041): counts below
+(--votes: one row of vote counts per FER2013 row, matched by its `Image name`, fer<row>.png;
+rows without one are not faces and are left out). Barsoum et al. 2016 (arXiv 1608.01041): counts below
 --min-votes are set to 0 as outliers; an image keeps the emotion with more than half of the
 votes left (all 10 columns, unknown and not-a-face included); images without one, or whose
 winner is unknown or not-a-face, are left out. Training, PublicTest and PrivateTest become
@@ -15,9 +15,8 @@ from typing import Optional
 
 from data.classes import normalize_class_name
 from data.prepare.common import Problems, Sample
-from data.prepare.fer2013 import FERPLUS_VOTES, _csv_path, read_csv, read_ferplus_votes
+from data.prepare.fer2013 import FERPLUS_VOTES, _csv_path, read_csv, read_ferplus_votes, votes_by_image
 from data.votes import NON_EMOTIONS
-from utils.errors import UserError
 
 # fer2013new.csv's columns → votes.csv's: canonical classes, then unknown and not_face.
 COLUMNS = {name: "not_face" if name == "NF" else normalize_class_name(name) for name in FERPLUS_VOTES}
@@ -44,10 +43,8 @@ def read(args, problems: Problems) -> list[Sample]:
     """Samples of fer2013.csv labelled by their FER+ majority, each with its raw votes."""
     path = _csv_path(Path(args.src))
     samples = read_csv(path, problems)
-    votes = read_ferplus_votes(Path(args.votes), problems, "--votes")
-    if len(votes) != len(samples):
-        raise UserError(f"--votes {args.votes} has {len(votes)} rows but {path} has {len(samples)}: "
-                        "give the fer2013new.csv that goes with this fer2013.csv")
+    votes = votes_by_image(samples, read_ferplus_votes(Path(args.votes), problems, "--votes"), Path(args.votes),
+                           str(path))
     kept = []
     for sample, row in zip(samples, votes):
         if sample is None or row is None:
