@@ -385,3 +385,11 @@ def test_workers_share_the_cores():
     assert serve.resolve_workers(4, None, cores=16) == (4, 8)
     assert serve.resolve_workers(None, None, cores=1) == (1, 1)
     assert serve.resolve_workers(3, 4, cores=2) == (3, 4)
+
+
+def test_422_deeply_nested_json_is_not_a_server_error(client):
+    """30,000 levels in under 64 KB made json.loads raise RecursionError: a 500 before."""
+    body = b"[" * 30_000 + b"]" * 30_000
+    refused(client.post("/predict", content=body, headers={"Content-Type": "application/json"}), 422,
+            "nested too deeply")
+    assert client.get("/health").status_code == 200

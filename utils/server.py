@@ -188,6 +188,8 @@ async def _download(request, limits: FetchLimits) -> Tuple[bytes, str, float]:
             from None
     except ValueError:
         raise ApiError(400, "the body is not valid JSON; send {\"url\": \"https://...\"}") from None
+    except RecursionError:  # a small body nested thousands of levels deep: the parser's stack runs out
+        raise ApiError(422, "the JSON body is nested too deeply; it holds only {\"url\": ...}") from None
     url = payload.get("url") if isinstance(payload, dict) else None
     if not isinstance(url, str) or not url:
         raise ApiError(400, "the JSON body needs a \"url\" string: {\"url\": \"https://...\"}")
