@@ -6,6 +6,7 @@ import argparse
 import csv
 import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -78,15 +79,40 @@ def exclude_classes(dataset: FaceFolder, names) -> None:
         raise UserError("--exclude-classes leaves no image to evaluate")
 
 
+def check_outputs(out: Path, json_path, calibrated: Path, split: str) -> None:
+    """Refuse, before the evaluation runs, what would fail after it: an output folder that is a file or
+    cannot be written, a --json path that cannot be, --calibrate off val or on a model file that
+    cannot be rewritten. Creates `out`."""
+    if calibrated is not None and split != "val":
+        raise UserError(f"--calibrate fits on val only (this run evaluates {split}): a temperature fitted on "
+                        "the test split would make its figures optimistic")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--output {out} is a file: give a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"--output {out} cannot be created ({err.strerror})") from None
+    if not os.access(out, os.W_OK):
+        raise UserError(f"--output {out} is not writable")
+    if json_path:
+        json_path = Path(json_path)
+        if json_path.is_dir():
+            raise UserError(f"--json {json_path} is a folder: give a file name")
+        parent = json_path.parent
+        if parent.exists() and not (parent.is_dir() and os.access(parent, os.W_OK)):
+            raise UserError(f"--json {json_path}: its folder {parent} is not a writable folder")
+    if calibrated is not None and not (os.access(calibrated, os.W_OK) and os.access(calibrated.parent, os.W_OK)):
+        raise UserError(f"--calibrate stores the temperature in {calibrated}, which is read-only: copy it somewhere "
+                        "writable, or drop --calibrate")
+
+
 def calibrate(checkpoint: Path, meta: dict, result: dict, split: str) -> dict:
-    """Fit the temperature on `split` (val only); store it in the checkpoint if it lowers the ECE.
+    """Fit the temperature on `split` (val only: check_outputs refused others before the evaluation);
+    store it in the checkpoint if it lowers the ECE.
 
     Returns:
         The metadata to evaluate with (with the new temperature, or as it was).
     """
-    if split != "val":
-        raise UserError(f"--calibrate fits on val only (this run evaluates {split}): a temperature fitted on "
-                        "the test split would make its figures optimistic")
     before = expected_calibration_error(result["probs"], result["labels"])
     temperature = fit_temperature(result["probs"], result["labels"])
     after = expected_calibration_error(apply_temperature(result["probs"], temperature), result["labels"])
@@ -146,6 +172,8 @@ def main(args) -> dict:
     if not roots:
         raise UserError("no dataset under Data/ and no --data given")
     split = resolve_split(roots, args.split)
+    out = Path(args.output) if args.output else checkpoint.parent / f"test-{split}"
+    check_outputs(out, args.json, checkpoint if args.calibrate else None, split)
     # A model trained grey reads colour photos grey, as prediction feeds them to it.
     dataset = FaceFolder(roots, split, meta["img_size"], classes=meta["classes"],
                          skip_unknown=args.skip_unknown_classes, grayscale=wants_grayscale(meta))
@@ -178,8 +206,6 @@ def main(args) -> dict:
     report["calibration"]["temperature"] = meta.get("temperature", 1.0)
     print_report(report, split)
 
-    out = Path(args.output) if args.output else checkpoint.parent / f"test-{split}"
-    out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -98,3 +98,23 @@ def test_real_ckplus_images(trained, tmp_path):
     report = run_test("--checkpoint", root / "run" / "best.pth", "--data", data, "--output", tmp_path / "o",
                       "--no-tsne", "--device", "cpu", "--workers", "0")
     assert report["images"] == 9
+
+
+def test_outputs_are_checked_before_the_evaluation(trained, tmp_path, monkeypatch):
+    """An --output that is a file, a --json into a file's place, or --calibrate on test failed after the
+    whole evaluation with a traceback: now one line, and nothing is evaluated."""
+    root, a, _ = trained
+    evaluated = []
+    monkeypatch.setattr(evaluate_script, "evaluate", lambda *args, **kw: evaluated.append(1))
+    a_file = tmp_path / "taken"
+    a_file.write_text("mine")
+    common = ["--checkpoint", root / "run" / "best.pth", "--data", a, "--device", "cpu", "--workers", "0"]
+    with pytest.raises(UserError, match="is a file: give a folder"):
+        run_test(*common, "--output", a_file)
+    with pytest.raises(UserError, match="not a writable folder"):
+        run_test(*common, "--output", tmp_path / "out", "--json", a_file / "m.json")
+    with pytest.raises(UserError, match="is a folder"):
+        run_test(*common, "--output", tmp_path / "out", "--json", tmp_path)
+    with pytest.raises(UserError, match="fits on val only"):
+        run_test(*common, "--output", tmp_path / "out", "--split", "test", "--calibrate")
+    assert evaluated == [] and a_file.read_text() == "mine"
