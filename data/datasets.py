@@ -5,7 +5,6 @@ so results can be reported per source: the source comes from the dataset's `mani
 (written by `python3 -m data.prepare`), else from a `<source>__` file-name prefix (as merged
 datasets name their files), else from the dataset folder's name.
 """
-import csv
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ from utils.errors import UserError
 
 from .classes import normalize_class_name
 from .images import decode_image
-from .layout import MANIFEST, is_image_file, split_source_prefix
+from .layout import MANIFEST, CsvReader, is_image_file, split_source_prefix
 from .votes import VOTES, majority_agreement, read_votes, soft_targets
 
 log = logging.getLogger(__name__)
@@ -48,8 +47,8 @@ def read_manifest_sources(root: Path) -> Dict[str, str]:
     manifest = root / MANIFEST
     if not manifest.is_file():
         return {}
-    with open(manifest, newline="") as f:
-        return {row["path"]: row["source"] for row in csv.DictReader(f) if row.get("path") and row.get("source")}
+    with open(manifest, newline="", encoding="utf-8") as f:
+        return {row["path"]: row["source"] for row in CsvReader(f, manifest) if row.get("path") and row.get("source")}
 
 
 def source_of(path: Path, root: Path, manifest: Dict[str, str]) -> str:

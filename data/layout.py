@@ -7,6 +7,7 @@
 A merged dataset's files are named `<source><SOURCE_SEPARATOR><name>` where no manifest says
 their source. `IMAGE_EXTENSIONS` is both what `data.prepare` copies and what `FaceFolder` loads.
 """
+import csv
 from pathlib import Path
 from typing import Tuple, Union
 
@@ -44,3 +45,36 @@ def check_path_part(value: str, what: str, where: str) -> str:
         raise UserError(f"{where}: the {what} {value!r} is not a plain name (no path separators, not '.' "
                         "or '..'); fix the file")
     return value
+
+
+class CsvReader:
+    """csv.DictReader (or csv.reader, `dict_rows=False`) over an open text file whose bad bytes or
+    over-long fields (csv's limit is 128 KB) are a UserError naming the file and the line, not a
+    traceback. Manifests, votes and dataset CSVs are read through it."""
+
+    def __init__(self, f, path, dict_rows: bool = True):
+        self._reader = csv.DictReader(f) if dict_rows else csv.reader(f)
+        self.path = path
+
+    @property
+    def fieldnames(self):
+        return self._guard(lambda: self._reader.fieldnames)
+
+    @property
+    def line_num(self) -> int:
+        return self._reader.line_num
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return self._guard(lambda: next(self._reader))
+
+    def _guard(self, step):
+        try:
+            return step()
+        except UnicodeDecodeError:
+            raise UserError(f"{self.path}, near line {self.line_num + 1}: not UTF-8 text; save the file as "
+                            "UTF-8") from None
+        except csv.Error as err:
+            raise UserError(f"{self.path}, line {self.line_num}: {err}; is it the right file?") from None

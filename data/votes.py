@@ -4,7 +4,6 @@ A `votes.csv` beside a dataset's splits has a `file` column (the image's path re
 dataset folder, e.g. `train/happy/fer0000007.png`) and one column of vote counts per class,
 plus optional `unknown` and `not_face` columns, as `python3 -m data.prepare ferplus` writes it.
 """
-import csv
 import logging
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple
@@ -14,6 +13,7 @@ import numpy as np
 from utils.errors import UserError
 
 from .classes import normalize_class_name
+from .layout import CsvReader
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +31,8 @@ def read_votes(path: Path) -> Dict[str, Dict[str, int]]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"votes file {path} not found")
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = CsvReader(f, path)
         columns = [c for c in (reader.fieldnames or []) if c != "file"]
         if "file" not in (reader.fieldnames or []) or not columns:
             raise UserError(f"{path} needs a 'file' column and one column of vote counts per class")

@@ -276,3 +276,27 @@ def test_colour_shift_and_grey_augmentations():
     # the shift moves colour, not brightness much: the luma stays close
     luma = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
     assert ((shifted * luma).sum(1) - (norm(x) * luma).sum(1)).abs().mean() < 0.05
+
+
+@pytest.mark.parametrize("content, words", [
+    (b"path,class,split,source,subject,original\ntrain/happy/a.png,happy,train,\xff\xfe\xfa,,x\n", "not UTF-8 text"),
+    (b"path,class,split,source,subject,original\ntrain/happy/a.png,happy,train,src,,"
+     + b"x" * 200_000 + b"\n", "field larger than field limit"),
+])
+def test_bad_manifests_are_one_line_naming_the_file(tmp_path, content, words):
+    """Invalid UTF-8, or a field over csv's 128 KB limit, in a manifest: a traceback before."""
+    from data.prepare.common import read_manifest
+    root = make_image_folder(tmp_path / "d", ["happy"], per_class=1)
+    (root / "manifest.csv").write_bytes(content)
+    for read in (lambda: FaceFolder([root], "train", 16), lambda: read_manifest(root)):
+        with pytest.raises(UserError, match=words) as err:
+            read()
+        assert "manifest.csv" in str(err.value) and "line" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_bad_votes_file_is_one_line(tmp_path):
+    from data.votes import read_votes
+    path = tmp_path / "votes.csv"
+    path.write_bytes(b"file,happy,sad\n\xff\xfe,1,2\n")
+    with pytest.raises(UserError, match="votes.csv, near line .*: not UTF-8"):
+        read_votes(path)

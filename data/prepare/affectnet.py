@@ -5,7 +5,6 @@ face_x, face_y, face_width, face_height, facial_landmarks, expression, valence, 
 faces are cropped by the box. Smaller release: `train_set/` and `val_set/`, each
 `images/<i>.jpg` with `annotations/<i>_exp.npy`. Official validation becomes test/.
 """
-import csv
 from functools import partial
 from pathlib import Path
 from typing import Optional
@@ -14,6 +13,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from data.layout import CsvReader
 from data.prepare.common import Problems, Sample, image_files, require_columns
 from utils.errors import UserError
 
@@ -83,8 +83,8 @@ def _read_manual(csv_dir: Path, image_root: Path, classes: int, problems: Proble
 
 def _read_manual_csv(path: Path, split: str, image_root: Path, classes: int, problems: Problems) -> list[Sample]:
     samples = []
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = CsvReader(f, path)
         require_columns(reader, _COLUMNS, path, "is it AffectNet's training.csv?")
         for row in tqdm(reader, desc=path.name, unit="row", disable=None):
             where = f"{path}:{reader.line_num}"

@@ -19,7 +19,7 @@ from typing import Callable, Optional
 from PIL import Image
 from tqdm import tqdm
 
-from data.layout import MANIFEST, MANIFEST_COLUMNS, check_path_part, is_image_file
+from data.layout import MANIFEST, MANIFEST_COLUMNS, CsvReader, check_path_part, is_image_file
 from data.votes import VOTES
 from utils.errors import UserError
 
@@ -140,13 +140,13 @@ def read_manifest(root: Path) -> dict[str, dict]:
     path = root / MANIFEST
     if not path.is_file():
         return {}
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = CsvReader(f, path)
         require_columns(reader, MANIFEST_COLUMNS, path, "re-create it with python3 -m data.prepare")
         return {row["path"]: row for row in reader}
 
 
-def require_columns(reader: csv.DictReader, columns, path: Path, hint: str, kind: str = "columns") -> None:
+def require_columns(reader: CsvReader, columns, path: Path, hint: str, kind: str = "columns") -> None:
     """Raise a UserError naming the `columns` the CSV at `path` lacks, followed by `hint`."""
     missing = set(columns) - set(reader.fieldnames or ())
     if missing:

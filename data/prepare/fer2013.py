@@ -7,7 +7,6 @@ takes the label with the most votes (a plain plurality); images whose top vote i
 not-a-face, or is tied, are dropped. The `ferplus` kind follows the FER+ paper's majority
 protocol instead, and writes the votes to votes.csv.
 """
-import csv
 from functools import partial
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from data.classes import normalize_class_name
+from data.layout import CsvReader
 from data.prepare.common import Problems, Sample, log, require_columns
 from utils.errors import UserError
 
@@ -54,8 +54,8 @@ def _csv_path(src: Path) -> Path:
 def read_csv(path: Path, problems: Problems) -> list:
     """One entry per data row, in file order: a Sample, or None for a bad row (reported)."""
     samples = []
-    with open(path, newline="") as f:
-        reader = csv.reader(f)
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = CsvReader(f, path, dict_rows=False)
         header = [name.strip() for name in next(reader, [])]
         if not {"emotion", "pixels"} <= set(header):
             raise UserError(f"{path} needs the columns emotion and pixels (and Usage); it has {header}")
@@ -118,8 +118,8 @@ def read_ferplus_votes(path: Path, problems: Problems, option: str) -> list:
     if not path.is_file():
         raise UserError(f"{option} {path} does not exist: give FER+'s fer2013new.csv")
     votes = []
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = CsvReader(f, path)
         require_columns(reader, FERPLUS_VOTES, path, "is it FER+'s fer2013new.csv?", kind="vote columns")
         for row in reader:
             name = (row.get("Image name") or "").strip()

@@ -3,13 +3,13 @@
 Carving is stratified by class and seeded, so the same arguments give the same split.
 Where subjects are known, a subject's images all land in one split (and one fold).
 """
-import csv
 import random
 from collections import Counter, defaultdict
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
+from data.layout import CsvReader
 from data.prepare.common import Problems, Sample, require_columns
 from utils.errors import UserError
 
@@ -111,8 +111,8 @@ def read_folds_csv(path: Path, problems: Problems) -> dict[str, int]:
     if not path.is_file():
         raise UserError(f"--folds-csv {path} does not exist: give a CSV with the columns subject,fold")
     fold_of = {}
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = CsvReader(f, path)
         require_columns(reader, ("subject", "fold"), path, "give a CSV with the columns subject,fold")
         for row in reader:
             try:
