@@ -104,3 +104,51 @@ def test_written_model_files_are_readable_by_others_as_open_would_make_them(tmp_
         os.umask(umask)
     for name in ("m.safetensors", "m.pth"):
         assert (tmp_path / name).stat().st_mode & 0o777 == 0o644, name
+
+
+def _meta(**changes):
+    meta = {"model": "resnet18", "model_args": {"num_classes": 3}, "classes": ["a", "b", "c"], "img_size": 32,
+            "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "temperature": 0.8}
+    meta.update(changes)
+    return {k: v for k, v in meta.items() if v is not ...}
+
+
+@pytest.mark.parametrize("changes, words", [
+    ({"model": "gpt"}, "not one of"),
+    ({"model_args": {"num_classes": 3, "layers": 50}}, "does not take"),
+    ({"model_args": {"num_classes": 10**12}}, "num_classes"),
+    ({"model_args": {"num_classes": 4}}, "does not match its 3 class names"),
+    ({"model_args": None}, "model_args is not an object"),
+    ({"classes": ["a", "a", "c"]}, "names a class twice"),
+    ({"img_size": 0}, "img_size 0"),
+    ({"img_size": "112"}, "img_size '112'"),
+    ({"std": [0.25, 0, 0.25]}, "std holds a value that is not positive"),
+    ({"mean": [0.5, float("nan"), 0.5]}, "mean is not three finite numbers"),
+    ({"temperature": -1.0}, "temperature -1.0"),
+    ({"temperature": 0}, "temperature 0"),
+    ({"temperature": float("nan")}, "temperature nan"),
+    ({"grayscale": "yes"}, "grayscale 'yes'"),
+])
+def test_model_metadata_is_validated_on_every_read(tmp_path, changes, words):
+    """Invalid metadata gave tracebacks, a negative temperature inverted the ranking silently, and
+    duplicate class names collapsed the output: each is one refusal naming the value."""
+    from utils.checkpoint import save_safetensors
+    path = tmp_path / "m.safetensors"
+    state = build_model("resnet18", num_classes=3).state_dict()
+    save_safetensors(state, _meta(**changes), path)
+    with pytest.raises(UserError, match=words) as err:
+        load_model(path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+    from utils.meta import check_meta_values  # the ONNX path's torch-free check says the same
+    if "model" not in changes and "does not take" not in words:
+        with pytest.raises(UserError, match=words):
+            check_meta_values(_meta(**changes), "x.onnx")
+
+
+def test_metadata_that_is_not_json_or_not_an_object_is_refused(tmp_path):
+    from safetensors.torch import save_file
+    state = {k: v.contiguous() for k, v in build_model("resnet18", num_classes=3).state_dict().items()}
+    for text, words in (("{not json", "not valid JSON"), ("null", "not a JSON object"), ("[1, 2]", "not a JSON object")):
+        save_file(state, str(tmp_path / "m.safetensors"), metadata={"fer": text})
+        with pytest.raises(UserError, match=words):
+            load_model(tmp_path / "m.safetensors")

@@ -17,6 +17,7 @@ one, and at worst a `.<name>.<random>.tmp` that `remove_stale_temps` deletes on 
 `fault_point` marks the places the fault-injection tests kill the process at.
 """
 import glob
+import inspect
 import json
 import os
 import pickle
@@ -34,9 +35,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from networks import EfficientNetB3, build_model, default_input
+from networks import MODELS, EfficientNetB3, build_model, default_input
 from networks.face_resnet import FaceResNetTrunk, fold_scales
 from utils.errors import UserError, first_line
+from utils.meta import check_meta_values, parse_meta
 
 FORMAT = "fer-checkpoint"
 
@@ -82,10 +84,15 @@ class ModelMeta:
 
     @classmethod
     def from_dict(cls, meta: Dict[str, Any], source) -> "ModelMeta":
-        """Raises UserError naming the missing keys."""
+        """Raises UserError naming the missing keys, or the first value that is not what it must be
+        (a model file is input like any other: `validate_meta`)."""
+        if not isinstance(meta, dict):
+            raise UserError(f"{source}: its metadata is not a JSON object ({type(meta).__name__}); the file is "
+                            "damaged or not from this project")
         missing = [k for k in cls.REQUIRED if k not in meta]
         if missing:
             raise UserError(f"{source} lacks the metadata {missing}; it cannot be rebuilt from the file alone")
+        validate_meta(meta, source)
         known = {f.name for f in fields(cls)} - {"extra"}
         return cls(**{k: v for k, v in meta.items() if k in known},
                    extra={k: v for k, v in meta.items() if k not in known})
@@ -94,6 +101,22 @@ class ModelMeta:
         """The JSON-ready dict files store: unset optional fields left out, `extra` merged in."""
         out = {k: v for k, v in asdict(self).items() if k != "extra" and (v is not None or k in self.REQUIRED)}
         return {**out, **self.extra}
+
+
+def validate_meta(meta: Dict[str, Any], source) -> None:
+    """Check a file's metadata before anything is built from it: a known model whose constructor
+    takes these arguments, then the values every reader uses (utils.files.check_meta_values).
+    Raises UserError naming the value."""
+    model, args = meta["model"], meta["model_args"]
+    if model not in MODELS:
+        raise UserError(f"{source}: its metadata names the model {model!r}, which is not one of {', '.join(MODELS)}; "
+                        "the file is damaged or was edited")
+    if isinstance(args, dict):
+        unknown = sorted(set(args) - set(inspect.signature(MODELS[model]).parameters))
+        if unknown:
+            raise UserError(f"{source}: its metadata gives {model} the arguments {unknown}, which it does not "
+                            "take; the file is damaged or was edited")
+    check_meta_values(meta, source)
 
 
 def training_checkpoint(meta: ModelMeta, state_dict: Dict[str, torch.Tensor], **training) -> Dict[str, Any]:
@@ -288,7 +311,7 @@ def read_weights(path) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
         state, header = read_safetensors(path)
         if "fer" not in header:
             raise UserError(f"{path} has no project metadata; convert it with python3 -m utils.convert")
-        meta = json.loads(header["fer"])
+        meta = parse_meta(header["fer"], path)
     else:
         ckpt = load_checkpoint(path)
         state, meta = ckpt["state_dict"], ckpt["meta"]

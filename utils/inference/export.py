@@ -13,7 +13,6 @@ Only exporting imports torch (inside the functions that export); reading metadat
 cached export do not, so that prediction from an export runs without torch.
 """
 import argparse
-import json
 import logging
 import os
 import sys
@@ -25,6 +24,7 @@ import onnxruntime as ort
 
 from utils.errors import UserError, run_cli
 from utils.files import META_KEY, file_digest, save_with_meta
+from utils.meta import check_meta_values, parse_meta
 
 from .faces import normalize, resize_faces, wants_grayscale
 
@@ -205,7 +205,10 @@ def read_onnx_meta(session_or_path) -> Dict[str, Any]:
     if META_KEY not in props:
         raise UserError("this ONNX file was not exported by this project (no 'fer' metadata); "
                         "export one with python3 -m utils.export_onnx")
-    return json.loads(props[META_KEY])
+    source = session_or_path if isinstance(session_or_path, (str, Path)) else "the ONNX model"
+    meta = parse_meta(props[META_KEY], source)
+    check_meta_values(meta, source)
+    return meta
 
 
 def get_args_parser() -> argparse.ArgumentParser:
