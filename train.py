@@ -324,12 +324,33 @@ def resume_args(args: argparse.Namespace, resume: dict) -> argparse.Namespace:
     it began take their defaults); this call's way of running; --epochs if given, else the saved
     run's; and the run folder this call names with --output, else the resumed checkpoint's folder:
     never the saved run's --output, so that a copied run does not write into its original."""
+    if not isinstance(resume["args"], dict):
+        raise UserError(f"{args.resume}: its saved arguments are not a dict; the file is damaged")
+    check_saved_args(resume["args"], args.resume)
     saved = {**vars(get_args_parser().parse_args([])), **resume["args"]}
     for key in RUNTIME_ARGS + ("resume",):
         saved[key] = getattr(args, key)
     saved["epochs"] = max(args.epochs or saved["epochs"], resume["epoch"])
     saved["output"] = args.output or str(Path(args.resume).parent)
-    return argparse.Namespace(**saved)
+    return resolve_args(argparse.Namespace(**saved))  # the checks between options, as on a command line
+
+
+def check_saved_args(saved: dict, source) -> None:
+    """Run the arguments a checkpoint saved through the command line's own checks (each option's
+    type and range, its choices): an edited or damaged file must not train with lr "abc", batch size 0."""
+    for action in get_args_parser()._actions:
+        value = saved.get(action.dest)
+        if action.dest == "help" or value is None:
+            continue
+        for item in value if isinstance(value, list) else [value]:
+            try:
+                if action.type is not None:
+                    action.type(str(item))
+                if action.choices is not None and item not in action.choices:
+                    raise ValueError(f"not one of {', '.join(map(str, action.choices))}")
+            except (argparse.ArgumentTypeError, ValueError, TypeError) as err:
+                raise UserError(f"{source}: the saved argument {action.option_strings[0]} {item!r} is invalid "
+                                f"({err}); the checkpoint was edited or damaged") from None
 
 
 def load_resume(args: argparse.Namespace) -> Tuple[argparse.Namespace, Optional[dict]]:

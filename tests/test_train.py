@@ -181,3 +181,24 @@ def test_grayscale_source_fraction_and_colour_options(tmp_path):
         run_train("--data", data, "--epochs", 1, "--output", tmp_path / "y", "--source-fraction", "zz=0.5", *FAST)
     with pytest.raises(UserError, match="fraction in"):
         run_train("--data", data, "--epochs", 1, "--output", tmp_path / "z", "--source-fraction", "a=2", *FAST)
+
+
+@pytest.mark.parametrize("key, value, words", [
+    ("lr", "abc", "--lr 'abc' is invalid"),
+    ("batch_size", 0, "--batch-size 0 is invalid"),
+    ("optimizer", "rmsprop", "--optimizer 'rmsprop' is invalid"),
+    ("img_size", 8, "--img-size 8 is invalid"),
+    ("trunk", "face_resnet", "--trunk applies to --model dan"),  # a check between options, as resolve_args makes
+])
+def test_resume_checks_the_saved_arguments(tiny_data, tmp_path, key, value, words):
+    """The arguments saved in last.pth went unchecked: lr "abc" and batch size 0 crashed, img_size 8 trained."""
+    from utils.checkpoint import save_checkpoint
+    out = tmp_path / "run"
+    run_train("--data", tiny_data, "--epochs", 1, "--output", out, "--model", "resnet18", *FAST)
+    ckpt = load_checkpoint(out / "last.pth")
+    ckpt["args"][key] = value
+    save_checkpoint(ckpt, out / "last.pth")
+    with pytest.raises(UserError, match=words) as err:
+        run_train("--resume", out, "--epochs", 2, *FAST)
+    assert "\n" not in str(err.value)
+    assert load_checkpoint(out / "last.pth")["epoch"] == 1  # nothing trained, nothing lost
