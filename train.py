@@ -31,7 +31,7 @@ from utils.errors import ArgumentParser, UserError, number, run_cli
 from utils.finetune import init_from
 from utils.metrics import confusion_matrix, summarize
 from utils.misc import cpu_count, default_workers, resolve_device, seed_everything, setup_backend, setup_logging
-from utils.run_folder import RunFolder
+from utils.run_folder import RunFolder, release_locks
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_EPOCHS = 40
@@ -316,6 +316,7 @@ def main(args: argparse.Namespace) -> dict:
     try:
         return _train(args, device, dist_info)
     finally:
+        release_locks()
         cleanup(dist_info)
 
 
@@ -369,6 +370,8 @@ def load_resume(args: argparse.Namespace) -> Tuple[argparse.Namespace, Optional[
 def open_run(args: argparse.Namespace, resume: Optional[dict], dist_info) -> RunFolder:
     """The run folder, checked (never another run's) and, on the main process, started."""
     run = RunFolder(Path(args.output))
+    if dist_info.is_main:
+        run.lock()  # before the check: two runs started together must not both pass it
     run.check(args.resume)
     if dist_info.is_main:
         run.start(vars(args), resume, args.resume)

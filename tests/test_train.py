@@ -202,3 +202,25 @@ def test_resume_checks_the_saved_arguments(tiny_data, tmp_path, key, value, word
         run_train("--resume", out, "--epochs", 2, *FAST)
     assert "\n" not in str(err.value)
     assert load_checkpoint(out / "last.pth")["epoch"] == 1  # nothing trained, nothing lost
+
+
+def test_a_second_run_on_one_folder_is_refused_while_the_first_lives(tiny_data, tmp_path):
+    """Two train.py on one --output both ran and exited 0, mixing their files. The folder is locked
+    for the run's life; a killed run's lock goes with its process, and the next run takes over."""
+    out = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1]); "
+                               "from utils.run_folder import RunFolder; RunFolder(sys.argv[2]).lock(); "
+                               "print('locked', flush=True); time.sleep(60)", str(ROOT), str(out)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(UserError, match=rf"in use by a running train.py \(process {holder.pid}\)"):
+            run_train("--data", tiny_data, "--epochs", 1, "--output", out, *FAST)
+        assert not (out / "last.pth").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    run_train("--data", tiny_data, "--epochs", 1, "--output", out, *FAST)  # the killed holder's lock is gone
+    assert load_checkpoint(out / "last.pth")["epoch"] == 1
+    run_train("--resume", out, "--epochs", 2, *FAST)  # and this process let go of it when its run ended
+    assert load_checkpoint(out / "last.pth")["epoch"] == 2

@@ -22,6 +22,11 @@ import shutil
 from pathlib import Path
 from typing import Any, Dict, Optional
 
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+
 import torch
 from safetensors import safe_open
 
@@ -33,7 +38,23 @@ from utils.plots import plot_history
 
 log = logging.getLogger("train")
 
+LOCK_FILE = ".lock"
 RUN_FILES = ("last.pth", "best.pth", "best.safetensors", "log.jsonl", "curves.png", "args.json")
+
+_HELD: Dict[str, Any] = {}  # run folder -> its open lock file, held by this process
+
+
+def release_locks() -> None:
+    """Let go of every run folder this process locked (train.py's main does at its end), removing
+    the lock files: a finished run's folder holds its run files only. (No process waits on a
+    lock, so removing the file while holding it races with nothing.)"""
+    while _HELD:
+        folder, handle = _HELD.popitem()
+        try:
+            os.unlink(Path(folder) / LOCK_FILE)
+        except OSError:
+            pass
+        handle.close()
 
 
 class RunFolder:
@@ -41,6 +62,41 @@ class RunFolder:
 
     def __init__(self, path):
         self.path = Path(path)
+
+    def lock(self) -> None:
+        """Hold an advisory lock on the folder (`.lock`, with this process's id) for as long as this
+        process lives, so that a second train.py on the same --output stops at once instead of
+        writing over this run's files. The kernel releases it when the process ends, however it
+        ends, so a killed run's lock is taken over by the next one; `release_locks` lets it go
+        when the run ends inside a process that goes on (a notebook, the tests).
+
+        Raises:
+            UserError: another live process holds it, or the folder cannot be written.
+        """
+        if fcntl is None:  # no POSIX locks on this platform: run unguarded, as before
+            return
+        key = str(self.path.resolve())
+        if key in _HELD:
+            return
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            handle = open(self.path / LOCK_FILE, "a+")
+        except OSError as err:
+            raise UserError(f"cannot write the run folder {self.path} ({err.strerror or err}); "
+                            "choose another --output") from None
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise UserError(f"{self.path} is in use by a running train.py (process {holder}); wait for it to end "
+                            "or choose another --output") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        _HELD[key] = handle
 
     def check(self, resumed: Optional[Path] = None) -> None:
         """Refuse to write into a folder that holds a run, unless that run's own last.pth is the
