@@ -339,3 +339,41 @@ def test_unwritable_output_is_one_line(spawn, data, tmp_path):
     lines = [line for line in text.splitlines() if line.startswith("error:")]
     assert code == 2 and "Traceback" not in text
     assert lines == [f"error: cannot write the run folder {locked / 'run'} (Permission denied); choose another --output"]
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_last_complete_epoch(data, tmp_path, monkeypatch, capsys):
+    """torch.save raises RuntimeError and safetensors SafetensorError when the disk fills: a traceback
+    before. Epoch 2's write fails as each does on a full disk: exit 2, one line, and the run folder
+    keeps epoch 1 whole, to resume from once there is space."""
+    import utils.checkpoint as checkpoint
+    out = tmp_path / "run"
+    real_save = torch.save
+    run_cli(train.main, train.get_args_parser().parse_args([*fast_args(data), "--epochs", "1", "--output", str(out)]))
+
+    def full(*args, **kwargs):  # what torch.save raises when write() meets ENOSPC
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing "
+                           "file data/0: file write failed")
+    monkeypatch.setattr(checkpoint.torch, "save", full)
+    with pytest.raises(SystemExit) as stop:
+        run_cli(train.main, train.get_args_parser().parse_args(["--resume", str(out), "--epochs", "2"]))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len([line for line in err if line.startswith("error:")]) == 1
+    assert err[-1].startswith(f"error: cannot write epoch 2 to {out}") and "is the disk full?" in err[-1]
+    monkeypatch.setattr(checkpoint.torch, "save", real_save)
+    assert load_checkpoint(out / "last.pth")["epoch"] == 1 and len(log_records(out)) == 1
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_full_disk_under_safetensors_keeps_the_old_file(tmp_path, monkeypatch):
+    """safetensors' SafetensorError on a full disk becomes the OSError every caller handles."""
+    import utils.checkpoint as checkpoint
+    from safetensors import SafetensorError
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(b"the old file")
+
+    def full(*args, **kwargs):
+        raise SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull })")
+    monkeypatch.setattr(checkpoint, "save_file", full)
+    with pytest.raises(OSError, match="is the disk full"):
+        checkpoint.save_safetensors({"w": torch.zeros(2)}, {"model": "x"}, path)
+    assert path.read_bytes() == b"the old file" and [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]

@@ -16,6 +16,7 @@ Every file is written by `atomic_write`: a kill at any instant leaves the old fi
 one, and at worst a `.<name>.<random>.tmp` that `remove_stale_temps` deletes on the next start.
 `fault_point` marks the places the fault-injection tests kill the process at.
 """
+import errno
 import glob
 import inspect
 import json
@@ -31,7 +32,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
@@ -153,7 +154,10 @@ def atomic_write(path: Path, write) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        write(tmp)
+        try:
+            write(tmp)
+        except (RuntimeError, SafetensorError) as err:  # torch.save's and safetensors' words for a full disk
+            raise OSError(errno.EIO, f"the write failed ({first_line(err)}); is the disk full?") from None
         # As open() would create it, not mkstemp's owner-only 0600; after writing, since a writer
         # may replace the file (safetensors' save_file does) instead of writing into it.
         os.chmod(tmp, 0o666 & ~_UMASK)
