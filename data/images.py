@@ -29,6 +29,10 @@ def decode_image(source: Union[str, Path, bytes], max_pixels: int = MAX_PIXELS,
     """
     if name is None:
         name = "image data" if isinstance(source, bytes) else str(source)
+    if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
+        # Pillow refuses images over twice its own cap before ours is checked, with its own words:
+        # a limit raised above Pillow's must hold, so Pillow's follows it (ours is checked below).
+        Image.MAX_IMAGE_PIXELS = max_pixels
     try:
         image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
         if image.width * image.height > max_pixels:
@@ -48,6 +52,10 @@ def decode_image(source: Union[str, Path, bytes], max_pixels: int = MAX_PIXELS,
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode == "F":  # 32-bit float (TIFF): scientific images hold [0, 1], others 0-255
+        arr = np.nan_to_num(np.asarray(image, dtype=np.float64))
+        scale = 255.0 if arr.size and arr.max() <= 1.0 else 1.0
+        image = Image.fromarray((arr * scale).clip(0, 255).round().astype(np.uint8), mode="L")
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(image, dtype=np.float64)
         peak = 65535.0 if arr.max() > 255 else 255.0

@@ -14,6 +14,7 @@ import sys
 import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -294,3 +295,60 @@ def test_convert_names_the_label_order_it_assumed(monkeypatch, tmp_path, capsys)
     assert "named like a dan-rafdb file, but --format dan-affectnet7 was given" in err
     assert "label order assumed from --format dan-affectnet7" in err and "python3 test.py --checkpoint" in err
     assert "near its reported AffectNet-7 accuracy 65.69%" in err
+
+
+def test_float_tiff_in_zero_to_one_is_scaled_not_black(tmp_path):
+    from data.images import decode_image
+    ramp = np.tile(np.linspace(0, 1, 32, dtype=np.float32), (16, 1))
+    Image.fromarray(ramp, mode="F").save(tmp_path / "unit.tif")
+    Image.fromarray(ramp * 255, mode="F").save(tmp_path / "bytes.tif")
+    for name in ("unit.tif", "bytes.tif"):
+        rgb = np.asarray(decode_image(tmp_path / name))
+        assert rgb.shape == (16, 32, 3) and rgb[0, 0, 0] == 0 and rgb[0, -1, 0] == 255, name
+        assert abs(int(rgb[0, 16, 0]) - round(16 / 31 * 255)) <= 1, name
+
+
+def _png_header_only(path, width: int, height: int) -> None:
+    """A PNG that declares width x height pixels and holds none: Pillow reads its size from the header."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+                     + chunk(b"IEND", b""))
+
+
+def test_a_pixel_limit_above_pillows_own_is_the_one_that_holds(tmp_path):
+    """--max-pixels above Pillow's cap made Pillow refuse the image first, and the message then named our
+    limit as exceeded when the image was under it."""
+    from data.images import ImageTooLarge, decode_image
+    from utils.errors import UserError
+    path = tmp_path / "big.png"
+    _png_header_only(path, 20_000, 10_000)  # 200 million pixels, over twice Pillow's default cap
+    with pytest.raises(UserError) as err:
+        decode_image(path, max_pixels=300_000_000)
+    assert not isinstance(err.value, ImageTooLarge) and "over the limit" not in str(err.value)
+    with pytest.raises(ImageTooLarge, match="20000x10000 pixels is over the limit of 100,000,000"):
+        decode_image(path, max_pixels=100_000_000)
+
+
+def test_a_truncated_video_warns_with_the_frames_read(tmp_path, caplog):
+    import cv2
+
+    from utils.inference.sources import iter_inputs
+    path = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
+    for i in range(20):
+        writer.write(np.full((48, 64, 3), 10 * i, np.uint8))
+    writer.release()
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * 0.8)])
+    with caplog.at_level("WARNING"):
+        frames = [item for item in iter_inputs([str(path)]) if item.image is not None]
+    assert 0 < len(frames) < 20
+    assert f"read {len(frames)} of its 20 frames" in caplog.text and "truncated" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert len(list(iter_inputs([str(path)], max_frames=2))) == 2  # stopped on purpose: no warning
+    assert "frames" not in caplog.text

@@ -5,6 +5,7 @@ A failure becomes an `Input` with an error instead of an image, so one bad argum
 stops the others.
 """
 import glob
+import logging
 import re
 import time
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from utils.errors import UserError
 
 from .fetch import FetchLimits, fetch_image, is_url
 
+log = logging.getLogger(__name__)
 MAX_WEBCAM = 2**31 - 1  # OpenCV takes a C int
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
 
@@ -133,6 +135,7 @@ def iter_frames(name: str, source, frame_stride: int = 1, max_frames: Optional[i
     """
 
     capture = cv2.VideoCapture(source)
+    expected = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if isinstance(source, str) else 0
     if not capture.isOpened():
         what = "webcam" if isinstance(source, int) else "video"
         yield Input(name, error=f"{name}: cannot open this {what} with OpenCV")
@@ -154,3 +157,6 @@ def iter_frames(name: str, source, frame_stride: int = 1, max_frames: Optional[i
         capture.release()
     if index == 0:
         yield Input(name, error=f"{name}: no frame could be read")
+    elif 0 < index < expected and (max_frames is None or given < max_frames):
+        log.warning("%s: read %d of its %d frames; the rest could not be decoded (a truncated or damaged "
+                    "file?)", name, index, expected)
