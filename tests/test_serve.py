@@ -393,3 +393,30 @@ def test_422_deeply_nested_json_is_not_a_server_error(client):
     refused(client.post("/predict", content=body, headers={"Content-Type": "application/json"}), 422,
             "nested too deeply")
     assert client.get("/health").status_code == 200
+
+
+def test_a_client_leaving_mid_upload_is_one_info_line(recognizer, caplog):
+    """A disconnect mid-upload was logged as a server error with two tracebacks."""
+    import asyncio
+    import logging
+
+    app = create_app(recognizer, options())
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/predict", "raw_path": b"/predict", "query_string": b"", "root_path": "",
+             "headers": [(b"content-type", b"image/jpeg"), (b"content-length", b"100000"), (b"host", b"test")],
+             "client": ("127.0.0.1", 5), "server": ("127.0.0.1", 80)}
+    messages = iter([{"type": "http.request", "body": b"\xff\xd8" + b"x" * 1000, "more_body": True},
+                     {"type": "http.disconnect"}])
+    sent = []
+
+    async def receive():
+        return next(messages, {"type": "http.disconnect"})
+
+    async def send(message):
+        sent.append(message)
+
+    with caplog.at_level(logging.INFO):
+        asyncio.run(app(scope, receive, send))
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert any("disconnected before its request was read" in r.getMessage() and r.exc_info is None
+               for r in caplog.records)

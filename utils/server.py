@@ -28,11 +28,12 @@ from typing import AsyncIterator, Dict, Optional, Tuple
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image, UnidentifiedImageError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect
 
 from data.images import MAX_PIXELS, ImageTooLarge, decode_image
 from utils.errors import UserError, first_line
@@ -315,6 +316,11 @@ def create_app(recognizer, options: ServeOptions = ServeOptions()):
     async def invalid(_request, err: RequestValidationError):
         return JSONResponse({"error": f"invalid request ({first_line(err)})"}, 422)
 
+    async def gone(request, _err: ClientDisconnect):
+        # A client that leaves mid-upload is not a server error: one line, no traceback, nobody to answer.
+        log.info("%s %s: the client disconnected before its request was read", request.method, request.url.path)
+        return Response(status_code=400)
+
     async def bug(request, err: Exception):
         log.exception("%s %s failed", request.method, request.url.path, exc_info=err)
         return JSONResponse({"error": f"internal error ({type(err).__name__}); the server log has the details"}, 500)
@@ -322,6 +328,7 @@ def create_app(recognizer, options: ServeOptions = ServeOptions()):
     app.add_exception_handler(ApiError, refused)
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(RequestValidationError, invalid)
+    app.add_exception_handler(ClientDisconnect, gone)
     app.add_exception_handler(Exception, bug)
     return app
 
