@@ -9,6 +9,7 @@ Open the URL for the page (drop a photo or turn on the webcam); POST /predict an
 import argparse
 import logging
 import os
+import re
 import socket
 import sys
 
@@ -45,6 +46,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-private-urls", action="store_true",
                    help="fetch {\"url\": ...} from loopback, private and link-local addresses too (by default "
                         "only public ones: clients cannot make the server reach its own network)")
+    p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                   help="a web origin (https://app.example) whose pages may call the API from a browser; "
+                        "repeat for more; none by default, and then POSTs from other sites' pages are refused")
     p.add_argument("--cache-dir", default=None, help="ONNX export cache (default $FER_CACHE_DIR or ~/.cache/fer)")
     add_limit_args(p)
     return p
@@ -77,13 +81,23 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+def check_origins(origins):
+    """Each --cors-origin as a browser sends it: scheme://host[:port], nothing after."""
+    for origin in origins:
+        if not re.fullmatch(r"https?://[^/\s]+", origin):
+            raise UserError(f"--cors-origin {origin!r}: give a web origin such as https://app.example "
+                            "(scheme and host, no path)")
+    return origins
+
+
 def main(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     workers, threads = resolve_workers(args.workers, args.threads)
     recognizer = EmotionRecognizer(args.checkpoint, detector=args.detector, threads=threads, cache_dir=args.cache_dir,
                                    max_pixels=args.max_pixels, tta=args.tta, fallback=fallback_from_args(args))
     options = ServeOptions(limits=limits_from_args(args, allow_private=args.allow_private_urls),
-                           max_pixels=args.max_pixels, workers=workers, queue=args.queue)
+                           max_pixels=args.max_pixels, workers=workers, queue=args.queue,
+                           cors_origins=tuple(check_origins(args.cors_origin)))
     app = create_app(recognizer, options)
     sock = listen(args.host, args.port)
     host = f"[{args.host}]" if ":" in args.host else args.host

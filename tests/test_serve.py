@@ -420,3 +420,46 @@ def test_a_client_leaving_mid_upload_is_one_info_line(recognizer, caplog):
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert any("disconnected before its request was read" in r.getMessage() and r.exc_info is None
                for r in caplog.records)
+
+
+def test_security_headers_and_the_pages_policy(client):
+    import base64
+    import hashlib
+    import re as regex
+
+    page = client.get("/")
+    policy = page.headers["content-security-policy"]
+    script = regex.search(r"<script>(.*?)</script>", page.text, regex.S).group(1)
+    digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+    assert f"script-src 'sha256-{digest}'" in policy and "default-src 'none'" in policy
+    assert "frame-ancestors 'none'" in policy and "connect-src 'self'" in policy and "unsafe" not in policy
+    for response in (page, client.get("/model"), client.get("/nowhere"), client.post("/predict", content=b"x")):
+        assert response.headers["x-content-type-options"] == "nosniff", response.request.url
+        assert response.headers["x-frame-options"] == "DENY"
+        assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
+    assert "access-control-allow-origin" not in client.get("/model", headers={"Origin": "http://a.example"}).headers
+
+
+def test_cross_origin_posts_are_refused_unless_allowed(recognizer, client):
+    body = (ROOT / "Data" / "samples" / "astronaut.jpg").read_bytes()
+    files = {"file": ("one.jpg", body, "image/jpeg")}
+    refused(client.post("/predict", files=files, headers={"Origin": "http://evil.example"}), 403,
+            "requests from pages of http://evil.example are refused")
+    refused(client.post("/predict", files=files, headers={"Origin": "null"}), 403, "are refused")
+    assert client.post("/predict", files=files, headers={"Origin": "http://testserver"}).status_code == 200  # itself
+    assert client.post("/predict", files=files).status_code == 200  # curl and scripts send no Origin
+    with TestClient(create_app(recognizer, options(cors_origins=("http://app.example",)))) as allowed:
+        answer = allowed.post("/predict", files=files, headers={"Origin": "http://app.example"})
+        assert answer.status_code == 200 and answer.headers["access-control-allow-origin"] == "http://app.example"
+        preflight = allowed.options("/predict", headers={"Origin": "http://app.example",
+                                                         "Access-Control-Request-Method": "POST",
+                                                         "Access-Control-Request-Headers": "content-type"})
+        assert preflight.status_code == 200 and "POST" in preflight.headers["access-control-allow-methods"]
+        refused(allowed.post("/predict", files=files, headers={"Origin": "http://evil.example"}), 403, "refused")
+
+
+def test_cors_origin_must_be_an_origin(capsys):
+    from utils.errors import run_cli
+    with pytest.raises(SystemExit):
+        run_cli(serve.main, serve.get_args_parser().parse_args(["--cors-origin", "https://app.example/path"]))
+    assert "give a web origin" in capsys.readouterr().err

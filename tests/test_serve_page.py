@@ -94,6 +94,18 @@ def test_page_shows_the_faces_the_api_gives(browser, served_model, tmp_path):
         assert "not an image" in browser.find_element("id", "error").text
         assert browser.find_elements("css selector", "#stage .box") == []
 
+        # the page worked above under its Content-Security-Policy; the browser saw no violation of it
+        policy = browser.execute_script("return fetch('/').then(r => r.headers.get('content-security-policy'))")
+        assert "default-src 'none'" in policy and "frame-ancestors 'none'" in policy
+        console = [entry["message"] for entry in browser.get_log("browser")]
+        assert not [m for m in console if "Content Security Policy" in m], console
+        # a page of another origin cannot read the API (no --cors-origin); the server's own 403 for its
+        # POST is checked in test_serve.py, where the answer can be read
+        status = browser.execute_script(
+            "return fetch(arguments[0] + 'predict', {method: 'POST', body: new Blob(['x'], {type: 'image/jpeg'})})"
+            ".then(r => r.status).catch(e => 'blocked')", url.replace("127.0.0.1", "localhost"))
+        assert status == "blocked"
+
         browser.execute_script("document.body.dataset.state = ''")
         browser.find_element("id", "camera").click()  # Chromium's fake webcam: frames of a test pattern
         assert settled(browser) == "done", browser.find_element("id", "error").text

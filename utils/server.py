@@ -11,7 +11,9 @@ outside the pool, so a slow server holds no worker.
 Every refusal is a status code and {"error": "<one sentence>"}; docs/serve.md lists them.
 """
 import asyncio
+import base64
 import contextlib
+import hashlib
 import io
 import json
 import logging
@@ -28,6 +30,7 @@ from typing import AsyncIterator, Dict, Optional, Tuple
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image, UnidentifiedImageError
 from starlette.concurrency import run_in_threadpool
@@ -67,12 +70,15 @@ class ServeOptions:
         max_pixels: larger images are refused before they are decoded.
         workers: requests recognised at once, each on its own thread.
         queue: requests that may wait for a worker; one more is answered 503.
+        cors_origins: web origins (https://app.example) whose pages may call the API from a
+            browser; none by default, and then a POST from any page of another origin is refused.
     """
 
     limits: FetchLimits = field(default_factory=lambda: FetchLimits(allow_private=False))
     max_pixels: int = MAX_PIXELS
     workers: int = 1
     queue: int = 16
+    cors_origins: Tuple[str, ...] = ()
 
 
 class InferencePool:
@@ -249,6 +255,25 @@ ERRORS = {
 }
 
 
+def own_origin(request: Request) -> str:
+    """scheme://host[:port] of this server, as the client addressed it (its Host header)."""
+    return f"{request.url.scheme}://{request.headers.get('host', '')}"
+
+
+def content_security_policy(page: str) -> str:
+    """The page's policy: its one inline script and one inline style, by their SHA-256, and
+    nothing from elsewhere; the API and the model's description from its own origin; photos and
+    the webcam as blob: and data: images; no framing by any page."""
+    def digest(tag: str) -> str:
+        match = re.search(rf"<{tag}>(.*?)</{tag}>", page, re.S)
+        if match is None:
+            return "'none'"
+        return "'sha256-" + base64.b64encode(hashlib.sha256(match.group(1).encode("utf-8")).digest()).decode() + "'"
+    return (f"default-src 'none'; script-src {digest('script')}; style-src {digest('style')}; "
+            "connect-src 'self'; img-src 'self' data: blob:; media-src 'self' blob: mediastream:; "
+            "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+
+
 def create_app(recognizer, options: ServeOptions = ServeOptions()):
     """The FastAPI app around one recognizer (loaded once, shared by the pool's threads)."""
     pool = InferencePool(options.workers, options.queue)
@@ -256,6 +281,7 @@ def create_app(recognizer, options: ServeOptions = ServeOptions()):
     info["limits"] = {"max_bytes": options.limits.max_bytes, "max_pixels": options.max_pixels,
                       "download_timeout_s": options.limits.total_timeout}
     page = PAGE.read_bytes()
+    page_policy = content_security_policy(page.decode("utf-8"))
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):
@@ -266,6 +292,26 @@ def create_app(recognizer, options: ServeOptions = ServeOptions()):
                   description="Every face in a photo, its box and the probability of each expression. "
                               "The answer to POST /predict is one line of `predict.py --json`.")
     app.state.pool = pool
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        """Refuse a POST a page of another origin sends (a form or fetch the browser lets through
+        without CORS), then give every answer the headers that stop sniffing and framing."""
+        origin = request.headers.get("origin")
+        if (request.method == "POST" and origin is not None and origin not in options.cors_origins
+                and origin != own_origin(request)):
+            response = JSONResponse({"error": f"requests from pages of {origin} are refused; "
+                                              "serve.py --cors-origin ORIGIN allows one"}, 403)
+        else:
+            response = await call_next(request)
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["X-Frame-Options"] = "DENY"
+        response.headers.setdefault("Content-Security-Policy", "frame-ancestors 'none'")
+        return response
+
+    if options.cors_origins:  # added last, so it runs first: preflights are answered before the guard
+        app.add_middleware(CORSMiddleware, allow_origins=list(options.cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["content-type"], max_age=600)
 
     def recognise(body: bytes, name: str, ms: float) -> dict:
         start = time.perf_counter()
@@ -278,7 +324,7 @@ def create_app(recognizer, options: ServeOptions = ServeOptions()):
 
     @app.get("/", include_in_schema=False)
     async def index():
-        return HTMLResponse(page)
+        return HTMLResponse(page, headers={"Content-Security-Policy": page_policy})
 
     @app.get("/health", summary="Liveness, and how many requests are running or waiting")
     async def health():
