@@ -46,6 +46,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-private-urls", action="store_true",
                    help="fetch {\"url\": ...} from loopback, private and link-local addresses too (by default "
                         "only public ones: clients cannot make the server reach its own network)")
+    p.add_argument("--fetch-workers", type=number(int, 1), default=4,
+                   help="{\"url\": ...} downloads at once, on threads of their own (a stalling site never holds "
+                        "up uploads)")
+    p.add_argument("--fetch-queue", type=number(int, 0), default=8,
+                   help="URL downloads that may wait for one of those threads; one more gets 503")
     p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                    help="a web origin (https://app.example) whose pages may call the API from a browser; "
                         "repeat for more; none by default, and then POSTs from other sites' pages are refused")
@@ -97,7 +102,8 @@ def main(args) -> int:
                                    max_pixels=args.max_pixels, tta=args.tta, fallback=fallback_from_args(args))
     options = ServeOptions(limits=limits_from_args(args, allow_private=args.allow_private_urls),
                            max_pixels=args.max_pixels, workers=workers, queue=args.queue,
-                           cors_origins=tuple(check_origins(args.cors_origin)))
+                           cors_origins=tuple(check_origins(args.cors_origin)), fetch_workers=args.fetch_workers,
+                           fetch_queue=args.fetch_queue)
     app = create_app(recognizer, options)
     sock = listen(args.host, args.port)
     host = f"[{args.host}]" if ":" in args.host else args.host

@@ -463,3 +463,26 @@ def test_cors_origin_must_be_an_origin(capsys):
     with pytest.raises(SystemExit):
         run_cli(serve.main, serve.get_args_parser().parse_args(["--cors-origin", "https://app.example/path"]))
     assert "give a web origin" in capsys.readouterr().err
+
+
+def test_stalling_urls_have_their_own_threads_and_never_starve_uploads(recognizer, web):
+    """200 URL requests to a stalling server took every thread the server shared: an upload waited
+    13 s. URL downloads now run on a small pool of their own; past it they are answered 503."""
+    opts = options(limits=FetchLimits(allow_private=True, **LIMITS), fetch_workers=2, fetch_queue=1, workers=2)
+    with TestClient(create_app(recognizer, opts)) as c:
+        slow = [threading.Thread(target=lambda: c.post("/predict", json={"url": web + "/stall.jpg"}))
+                for _ in range(3)]
+        for thread in slow:
+            thread.start()
+        deadline = time.monotonic() + 5
+        while sum(path == "/stall.jpg" for path in _Web.hits) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)  # two downloads stall on the fetch threads, the third waits
+        time.sleep(0.2)
+        busy = c.post("/predict", json={"url": web + "/stall.jpg"})
+        assert busy.status_code == 503 and "URL downloads" in busy.json()["error"]
+        assert busy.headers["retry-after"] == "1"
+        start = time.monotonic()
+        upload = c.post("/predict", content=ASTRONAUT.read_bytes(), headers={"Content-Type": "image/jpeg"})
+        assert upload.status_code == 200 and time.monotonic() - start < 2  # not behind the stalled downloads
+        for thread in slow:
+            thread.join(30)

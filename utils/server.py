@@ -33,7 +33,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image, UnidentifiedImageError
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
@@ -70,6 +69,8 @@ class ServeOptions:
         max_pixels: larger images are refused before they are decoded.
         workers: requests recognised at once, each on its own thread.
         queue: requests that may wait for a worker; one more is answered 503.
+        fetch_workers, fetch_queue: {"url": ...} downloads at once, on threads of their own, and
+            how many may wait; one more is answered 503.
         cors_origins: web origins (https://app.example) whose pages may call the API from a
             browser; none by default, and then a POST from any page of another origin is refused.
     """
@@ -79,6 +80,8 @@ class ServeOptions:
     workers: int = 1
     queue: int = 16
     cors_origins: Tuple[str, ...] = ()
+    fetch_workers: int = 4
+    fetch_queue: int = 8
 
 
 class InferencePool:
@@ -88,16 +91,17 @@ class InferencePool:
     while it waits, as when its client goes away), so the count is exact without a lock.
     """
 
-    def __init__(self, workers: int, queue: int):
-        self.executor = ThreadPoolExecutor(workers, thread_name_prefix="recognise")
+    def __init__(self, workers: int, queue: int, name: str = "recognise", what: str = "requests"):
+        self.executor = ThreadPoolExecutor(workers, thread_name_prefix=name)
         self.workers, self.capacity = workers, workers + queue
+        self.what = what
         self.active = 0
         self.peak = 0
 
     async def run(self, fn, *args):
         if self.active >= self.capacity:
-            raise ApiError(503, f"the server is busy ({self.active} requests running or waiting); try again shortly",
-                           {"Retry-After": "1"})
+            raise ApiError(503, f"the server is busy ({self.active} {self.what} running or waiting); try again "
+                                "shortly", {"Retry-After": "1"})
         loop = asyncio.get_running_loop()
         future = self.executor.submit(fn, *args)
         self.active += 1
@@ -186,8 +190,9 @@ async def _upload(request, options: ServeOptions) -> Tuple[bytes, str]:
     return await _collect(_read_body(request, limit)), "upload"
 
 
-async def _download(request, limits: FetchLimits) -> Tuple[bytes, str, float]:
-    """(image bytes, URL, ms) for JSON {"url": ...}; the download waits on its own thread."""
+async def _download(request, limits: FetchLimits, fetches: "InferencePool") -> Tuple[bytes, str, float]:
+    """(image bytes, URL, ms) for JSON {"url": ...}; the download runs on one of `fetches`' threads,
+    apart from the threads the server's other work uses: stalling URLs never starve uploads."""
     try:
         payload = json.loads(await _collect(_read_body(request, MAX_JSON_BYTES)))
     except ApiError:
@@ -202,7 +207,7 @@ async def _download(request, limits: FetchLimits) -> Tuple[bytes, str, float]:
         raise ApiError(400, "the JSON body needs a \"url\" string: {\"url\": \"https://...\"}")
     start = time.perf_counter()
     try:
-        body, _ = await run_in_threadpool(fetch, url, limits)
+        body, _ = await fetches.run(fetch, url, limits)
     except UrlRefused as err:
         raise ApiError(400, str(err)) from None
     except DownloadTimedOut as err:
@@ -277,6 +282,7 @@ def content_security_policy(page: str) -> str:
 def create_app(recognizer, options: ServeOptions = ServeOptions()):
     """The FastAPI app around one recognizer (loaded once, shared by the pool's threads)."""
     pool = InferencePool(options.workers, options.queue)
+    fetches = InferencePool(options.fetch_workers, options.fetch_queue, "fetch", "URL downloads")
     info = model_info(recognizer)
     info["limits"] = {"max_bytes": options.limits.max_bytes, "max_pixels": options.max_pixels,
                       "download_timeout_s": options.limits.total_timeout}
@@ -287,6 +293,7 @@ def create_app(recognizer, options: ServeOptions = ServeOptions()):
     async def lifespan(_app):
         yield
         pool.close()
+        fetches.close()
 
     app = FastAPI(title="Facial expression recognition", lifespan=lifespan,
                   description="Every face in a photo, its box and the probability of each expression. "
@@ -341,7 +348,7 @@ def create_app(recognizer, options: ServeOptions = ServeOptions()):
     async def predict(request: Request):
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if kind == "application/json":
-            body, name, ms = await _download(request, options.limits)
+            body, name, ms = await _download(request, options.limits, fetches)
         elif kind == "multipart/form-data" or kind.startswith("image/") or kind == "application/octet-stream":
             try:
                 body, name = await asyncio.wait_for(_upload(request, options), options.limits.total_timeout)
