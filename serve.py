@@ -20,7 +20,7 @@ from utils.inference.detectors import DETECTORS
 from utils.inference.fallback import add_fallback_args, fallback_from_args
 from utils.inference.fetch import add_limit_args, limits_from_args
 from utils.inference.recognizer import DEFAULT_CHECKPOINT, ROOT, EmotionRecognizer
-from utils.server import ServeOptions, create_app
+from utils.server import HeaderDeadline, ServeOptions, create_app
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -51,6 +51,14 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "up uploads)")
     p.add_argument("--fetch-queue", type=number(int, 0), default=8,
                    help="URL downloads that may wait for one of those threads; one more gets 503")
+    p.add_argument("--max-connections", type=number(int, 1), default=2048,
+                   help="open connections (and requests) at once; past it new requests get 503")
+    p.add_argument("--header-timeout", type=number(float, 0, low_open=True), default=10.0,
+                   help="seconds a connection has to send a request's headers, then it is closed")
+    p.add_argument("--keep-alive", type=number(float, 0, low_open=True), default=5.0,
+                   help="seconds an idle connection is kept open between requests")
+    p.add_argument("--shutdown-timeout", type=number(float, 0, low_open=True), default=5.0,
+                   help="seconds running requests get to finish after SIGTERM or Ctrl-C")
     p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                    help="a web origin (https://app.example) whose pages may call the API from a browser; "
                         "repeat for more; none by default, and then POSTs from other sites' pages are refused")
@@ -95,6 +103,19 @@ def check_origins(origins):
     return origins
 
 
+def raise_open_files_limit(wanted: int) -> None:
+    """Raise this process's soft limit on open files towards `wanted` (at most the hard limit): the
+    default 1,024 runs out under a thousand idle connections, and then nothing can be accepted."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
 def main(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     workers, threads = resolve_workers(args.workers, args.threads)
@@ -110,7 +131,11 @@ def main(args) -> int:
     print(f"serving {recognizer.checkpoint} ({recognizer.meta.get('model')}, {len(recognizer.classes)} classes, "
           f"{recognizer.img_size} px, {'grey' if recognizer.grayscale else 'colour'} faces; {workers} worker(s) x "
           f"{threads} thread(s)) at http://{host}:{sock.getsockname()[1]}/", flush=True)
-    uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_keep_alive=5)).run(sockets=[sock])
+    raise_open_files_limit(args.max_connections + 256)  # each connection is a file descriptor
+    protocol = type("Protocol", (HeaderDeadline,), {"header_timeout": args.header_timeout})
+    config = uvicorn.Config(app, log_level="warning", http=protocol, limit_concurrency=args.max_connections,
+                            timeout_keep_alive=args.keep_alive, timeout_graceful_shutdown=args.shutdown_timeout)
+    uvicorn.Server(config).run(sockets=[sock])
     return 0
 
 

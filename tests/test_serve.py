@@ -486,3 +486,61 @@ def test_stalling_urls_have_their_own_threads_and_never_starve_uploads(recognize
         assert upload.status_code == 200 and time.monotonic() - start < 2  # not behind the stalled downloads
         for thread in slow:
             thread.join(30)
+
+
+def test_slow_clients_are_bounded_and_sigterm_is_prompt(served_model, tmp_path):
+    """1,100 connections dripping headers exhausted the file descriptors and /health timed out; a
+    half-sent JSON body was held for ever; SIGTERM then waited 99 s. Now: headers have a deadline,
+    /health answers while hundreds of slow connections are open, a trickling JSON body gets 408,
+    and SIGTERM ends the server in seconds."""
+    import resource
+    import signal
+
+    checkpoint, cache = served_model
+    slow_count = 400
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < slow_count + 200:  # this test process holds the client ends
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, slow_count + 500), hard))
+    with serve_process("--checkpoint", str(checkpoint), "--cache-dir", str(cache), "--header-timeout", "2",
+                       "--download-timeout", "2", "--shutdown-timeout", "3", log=tmp_path / "serve.log") as (url, proc):
+        host, port = url.split("//")[1].strip("/").split(":")
+        slow = []
+        for _ in range(slow_count):
+            conn = socket.create_connection((host, int(port)), timeout=5)
+            conn.sendall(b"GET /health HTTP/1.1\r\nHo")  # and never the rest
+            slow.append(conn)
+        start = time.monotonic()
+        assert requests.get(url + "health", timeout=1).json()["status"] == "ok"
+        assert time.monotonic() - start < 1
+        with socket.create_connection((host, int(port)), timeout=10) as conn:  # a JSON body that stops
+            conn.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 100\r\n\r\n{\"url\": ")
+            answer = b""
+            while b"}" not in answer:
+                data = conn.recv(65536)
+                if not data:
+                    break
+                answer += data
+        answer = answer.decode("latin-1")
+        assert " 408 " in answer.split("\r\n")[0] and "took over 2 s" in answer
+        time.sleep(1.5)  # past the header deadline: the slow connections are closed by the server
+        closed = 0
+        for conn in slow:
+            conn.settimeout(0.2)
+            try:
+                closed += conn.recv(1) == b""
+            except ConnectionResetError:
+                closed += 1
+            except socket.timeout:  # still open
+                pass
+        assert closed >= slow_count * 0.95, closed
+        stopping = [socket.create_connection((host, int(port)), timeout=5) for _ in range(20)]
+        for conn in stopping:
+            conn.sendall(b"GET /health HTTP/1.1\r\nHo")
+        start = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=15)
+        assert time.monotonic() - start < 10
+        for conn in slow + stopping:
+            conn.close()
+    assert "Traceback" not in (tmp_path / "serve.log").read_text()

@@ -36,6 +36,7 @@ from PIL import Image, UnidentifiedImageError
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from data.images import MAX_PIXELS, ImageTooLarge, decode_image
 from utils.errors import UserError, first_line
@@ -260,6 +261,49 @@ ERRORS = {
 }
 
 
+class HeaderDeadline(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol with a deadline for a request's headers: a connection that has not
+    sent a whole request line and headers within `header_timeout` seconds of opening (or of its
+    last answer, on a kept-alive connection) is closed. uvicorn has none, so a thousand clients
+    dripping headers held a thousand connections, and their file descriptors, for ever."""
+
+    header_timeout = 10.0
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self._arm()
+
+    def _arm(self) -> None:
+        self._awaiting = self.cycle
+        self._deadline = self.loop.call_later(self.header_timeout, self._too_slow)
+
+    def _disarm(self) -> None:
+        deadline = getattr(self, "_deadline", None)
+        if deadline is not None:
+            deadline.cancel()
+            self._deadline = None
+
+    def handle_events(self) -> None:
+        super().handle_events()
+        if getattr(self, "_deadline", None) is not None and self.cycle is not self._awaiting:
+            self._disarm()  # a new request's headers have all come
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._disarm()
+            self._arm()  # the next request on this connection gets the same deadline
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        if not self.transport.is_closing():
+            self.transport.close()
+
+    def connection_lost(self, exc) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+
 def own_origin(request: Request) -> str:
     """scheme://host[:port] of this server, as the client addressed it (its Host header)."""
     return f"{request.url.scheme}://{request.headers.get('host', '')}"
@@ -348,7 +392,11 @@ def create_app(recognizer, options: ServeOptions = ServeOptions()):
     async def predict(request: Request):
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if kind == "application/json":
-            body, name, ms = await _download(request, options.limits, fetches)
+            try:  # a JSON body that trickles in is held no longer than an upload
+                body, name, ms = await asyncio.wait_for(_download(request, options.limits, fetches),
+                                                        options.limits.total_timeout)
+            except asyncio.TimeoutError:
+                raise ApiError(408, f"the request took over {options.limits.total_timeout:g} s") from None
         elif kind == "multipart/form-data" or kind.startswith("image/") or kind == "application/octet-stream":
             try:
                 body, name = await asyncio.wait_for(_upload(request, options), options.limits.total_timeout)
