@@ -13,6 +13,7 @@ Every refusal is a status code and {"error": "<one sentence>"}; docs/serve.md li
 import asyncio
 import base64
 import contextlib
+import ctypes
 import hashlib
 import io
 import json
@@ -98,6 +99,20 @@ class InferencePool:
         self.what = what
         self.active = 0
         self.peak = 0
+        self.admitted = 0  # requests let in to send their body, until they end
+
+    @contextlib.contextmanager
+    def admission(self):
+        """Let a request in before a byte of its body is read, or refuse it (503, Retry-After):
+        at most `capacity` bodies are read or held at once, however many clients send."""
+        if self.admitted >= self.capacity:
+            raise ApiError(503, f"the server is busy ({self.admitted} {self.what} running or waiting); try again "
+                                "shortly", {"Retry-After": "1"})
+        self.admitted += 1
+        try:
+            yield
+        finally:
+            self.admitted -= 1
 
     async def run(self, fn, *args):
         if self.active >= self.capacity:
@@ -304,6 +319,30 @@ class HeaderDeadline(H11Protocol):
         super().connection_lost(exc)
 
 
+BIG_BODY = 4 * MB  # after a body this large, freed memory is handed back to the system
+
+
+def release_freed_memory() -> None:
+    """Hand freed heap memory back to the system (glibc's malloc_trim), so that a burst of large
+    uploads does not leave the server holding their peak for good; nothing elsewhere."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _glibc():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim  # musl has none
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+_LIBC = _glibc()
+
+
 def own_origin(request: Request) -> str:
     """scheme://host[:port] of this server, as the client addressed it (its Host header)."""
     return f"{request.url.scheme}://{request.headers.get('host', '')}"
@@ -380,7 +419,7 @@ def create_app(recognizer, options: ServeOptions = ServeOptions()):
     @app.get("/health", summary="Liveness, and how many requests are running or waiting")
     async def health():
         return {"status": "ok", "active": pool.active, "peak": pool.peak, "capacity": pool.capacity,
-                "workers": pool.workers}
+                "workers": pool.workers, "admitted": pool.admitted}
 
     @app.get("/model", summary="The model served: classes, input size, grey or colour, the checkpoint's SHA-256")
     async def model():
@@ -398,11 +437,20 @@ def create_app(recognizer, options: ServeOptions = ServeOptions()):
             except asyncio.TimeoutError:
                 raise ApiError(408, f"the request took over {options.limits.total_timeout:g} s") from None
         elif kind == "multipart/form-data" or kind.startswith("image/") or kind == "application/octet-stream":
-            try:
-                body, name = await asyncio.wait_for(_upload(request, options), options.limits.total_timeout)
-            except asyncio.TimeoutError:
-                raise ApiError(408, f"the upload took over {options.limits.total_timeout:g} s") from None
-            ms = 0.0
+            # Capacity first: a busy server refuses an upload before reading it, so memory grows with
+            # the queue, not with the clients (200 clients sending 19 MB each held 5.3 GB before).
+            with pool.admission():
+                try:
+                    body, name = await asyncio.wait_for(_upload(request, options), options.limits.total_timeout)
+                except asyncio.TimeoutError:
+                    raise ApiError(408, f"the upload took over {options.limits.total_timeout:g} s") from None
+                try:
+                    return await _unless_gone(request, pool.run(recognise, body, name, 0.0))
+                finally:
+                    big = len(body) >= BIG_BODY
+                    del body
+                    if big:
+                        release_freed_memory()
         else:
             raise ApiError(415, f"Content-Type {kind or 'missing'}: send multipart/form-data, an image/* body, "
                                 "or application/json {\"url\": ...}")

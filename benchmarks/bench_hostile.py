@@ -1,0 +1,112 @@
+"""serve.py under hostile clients: many big uploads at once, then connections that never finish
+their headers.
+
+    python3 benchmarks/bench_hostile.py [--uploads 200 --upload-mb 19] [--connections 1000] [--checkpoint M]
+
+Starts serve.py on 127.0.0.1 (the default model unless --checkpoint). First, `--uploads` clients
+each send `--upload-mb` MB at once (random bytes: each admitted one is read, then refused as not
+an image): the server's resident memory (VmRSS) is sampled from /proc before, at its peak, and
+after, with the answers' status codes. Then N connections each send half a request line and stop:
+GET /health is timed (5 tries) while they are open, then SIGTERM. Only this machine's loopback is
+used; every loop is bounded. The figures go to docs/serve.md ("Hostile clients").
+"""
+import argparse
+import os
+import resource
+import signal
+import socket
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import requests
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from utils.server import serve_process  # noqa: E402
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def big_uploads(url: str, pid: int, clients: int, mb: int) -> None:
+    body = os.urandom(mb << 20)
+    idle = rss_mb(pid)
+    codes, peak, done = Counter(), [idle], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak.append(rss_mb(pid))
+            time.sleep(0.05)
+
+    def upload():
+        try:
+            codes[requests.post(url + "predict", data=body, headers={"Content-Type": "image/jpeg"},
+                                timeout=120).status_code] += 1
+        except requests.RequestException as err:
+            codes[type(err).__name__] += 1
+
+    watcher = threading.Thread(target=sample)
+    watcher.start()
+    threads = [threading.Thread(target=upload) for _ in range(clients)]
+    start = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    done.set()
+    watcher.join()
+    time.sleep(1)
+    print(f"{clients} uploads of {mb} MB at once ({time.monotonic() - start:.1f} s): answers {dict(codes)}; "
+          f"server RSS idle {idle:.0f} MB, peak {max(peak):.0f} MB, after {rss_mb(pid):.0f} MB")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--connections", type=int, default=1000)
+    p.add_argument("--uploads", type=int, default=200)
+    p.add_argument("--upload-mb", type=int, default=19)
+    p.add_argument("--checkpoint", default=None)
+    args = p.parse_args()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)  # this process holds the client ends
+    wanted = args.connections + 256
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted if hard == resource.RLIM_INFINITY else min(wanted, hard),
+                                                    hard))
+    extra = ["--checkpoint", args.checkpoint] if args.checkpoint else []
+    with tempfile.TemporaryDirectory() as tmp, \
+            serve_process(*extra, log=Path(tmp) / "serve.log", timeout=180) as (url, proc):
+        if args.uploads:
+            big_uploads(url, proc.pid, args.uploads, args.upload_mb)
+        host, port = url.split("//")[1].strip("/").split(":")
+        slow = []
+        try:
+            for _ in range(args.connections):
+                conn = socket.create_connection((host, int(port)), timeout=5)
+                conn.sendall(b"GET /health HTTP/1.1\r\nHo")  # and never the rest
+                slow.append(conn)
+            times, codes = [], []
+            for _ in range(5):
+                start = time.monotonic()
+                codes.append(requests.get(url + "health", timeout=5).status_code)
+                times.append(time.monotonic() - start)
+            print(f"{len(slow)} slow connections open: GET /health {codes}, slowest {1000 * max(times):.0f} ms")
+            start = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
+            print(f"SIGTERM -> exit in {time.monotonic() - start:.2f} s")
+        finally:
+            for conn in slow:
+                conn.close()
+
+
+if __name__ == "__main__":
+    main()
