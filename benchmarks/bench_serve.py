@@ -4,6 +4,7 @@ error counts, the server's memory, and whether anything was lost or answered wro
     python3 benchmarks/bench_serve.py                                  # default model; 1 2 8 32 clients, 3 rounds
     python3 benchmarks/bench_serve.py --clients 1 2 8 --bad-every 0    # good photos only: the latency figures
     python3 benchmarks/bench_serve.py --server-args "--workers 2"       # any serve.py options
+    python3 benchmarks/bench_serve.py --hostile                        # hostile clients: benchmarks/bench_hostile.py
 
 The server runs on 127.0.0.1 (`serve.py --port 0 --max-download-mb 2`). The good photo is the
 640x480 astronaut (one face); with --bad-every K every K-th request is instead, in turn, a
@@ -128,7 +129,14 @@ def main():
     p.add_argument("--warmup", type=int, default=20, help="good requests before the first level")
     p.add_argument("--server-args", default="", help="more serve.py options, as one string")
     p.add_argument("--json", default=None, help="also write the report here")
+    p.add_argument("--hostile", action="store_true",
+                   help="instead: big uploads, stalling URLs, bodies that stop, slow headers "
+                        "(benchmarks/bench_hostile.py with its defaults)")
     args = p.parse_args()
+    if args.hostile:
+        from benchmarks.bench_hostile import main as hostile
+        hostile(["--checkpoint", args.checkpoint] if args.checkpoint else [])
+        return
 
     data = payloads()
     server_args = ["--max-download-mb", str(LIMIT_MB), *shlex.split(args.server_args)]

@@ -209,11 +209,15 @@ async def _upload(request, options: ServeOptions) -> Tuple[bytes, str]:
 async def _download(request, limits: FetchLimits, fetches: "InferencePool") -> Tuple[bytes, str, float]:
     """(image bytes, URL, ms) for JSON {"url": ...}; the download runs on one of `fetches`' threads,
     apart from the threads the server's other work uses: stalling URLs never starve uploads."""
-    try:
-        payload = json.loads(await _collect(_read_body(request, MAX_JSON_BYTES)))
+    try:  # a JSON body that trickles in is held no longer than an upload
+        raw = await asyncio.wait_for(_collect(_read_body(request, MAX_JSON_BYTES)), limits.total_timeout)
+    except asyncio.TimeoutError:
+        raise ApiError(408, f"the request body took over {limits.total_timeout:g} s to arrive") from None
     except ApiError:
         raise ApiError(413, f"the JSON body is over {MAX_JSON_BYTES // 1024} KB; it holds only {{\"url\": ...}}") \
             from None
+    try:
+        payload = json.loads(raw)
     except ValueError:
         raise ApiError(400, "the body is not valid JSON; send {\"url\": \"https://...\"}") from None
     except RecursionError:  # a small body nested thousands of levels deep: the parser's stack runs out
@@ -431,11 +435,7 @@ def create_app(recognizer, options: ServeOptions = ServeOptions()):
     async def predict(request: Request):
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if kind == "application/json":
-            try:  # a JSON body that trickles in is held no longer than an upload
-                body, name, ms = await asyncio.wait_for(_download(request, options.limits, fetches),
-                                                        options.limits.total_timeout)
-            except asyncio.TimeoutError:
-                raise ApiError(408, f"the request took over {options.limits.total_timeout:g} s") from None
+            body, name, ms = await _download(request, options.limits, fetches)
         elif kind == "multipart/form-data" or kind.startswith("image/") or kind == "application/octet-stream":
             # Capacity first: a busy server refuses an upload before reading it, so memory grows with
             # the queue, not with the clients (200 clients sending 19 MB each held 5.3 GB before).
