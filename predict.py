@@ -60,17 +60,20 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
+# What the table says after the face count when the detector alone did not find the faces.
+BOX_NOTES = {PADDED: " (found on the photo padded at its edges)",
+             WHOLE_IMAGE: " (the whole image: the detector found none, the photo is face-shaped)"}
+
+
 def format_faces(item: Input, faces, classes, ms: float) -> str:
     """A readable block: the input, then one row per face with every class's probability."""
     title = item.name if item.frame is None else f"{item.name} frame {item.frame}"
     if not faces:
         return f"{title} ({ms:.1f} ms): no face found"
-    how = {PADDED: " (found on the photo padded at its edges)",
-           WHOLE_IMAGE: " (the whole image: the detector found none, the photo is face-shaped)"}
     width = max(7, *(len(c) for c in classes))
     head = f"  {'#':>2}  {'box x,y,w,h':<20}  {'emotion':<{width}}  " + " ".join(f"{c:>{width}}" for c in classes)
     rows = [f"{title} ({ms:.1f} ms): {len(faces)} face{'s' if len(faces) > 1 else ''}"
-            f"{how.get(faces[0].box_source, '')}", head]
+            f"{BOX_NOTES.get(faces[0].box_source, '')}", head]
     for i, face in enumerate(faces, 1):
         box = ",".join(str(v) for v in face.box)
         probs = " ".join(f"{face.probabilities[c]:>{width}.3f}" for c in classes)

@@ -261,14 +261,14 @@ def parse_factors(items, option: str, kind=int) -> dict:
     for item in items:
         name, _, value = item.partition("=")
         try:
-            value_ = kind(value)
+            parsed = kind(value)
         except ValueError:
-            value_ = None
-        good = value_ is not None and (value_ >= 1 if kind is int else 0 < value_ <= 1)
+            parsed = None
+        good = parsed is not None and (parsed >= 1 if kind is int else 0 < parsed <= 1)
         if not name or not good:
             what = "a whole number >= 1" if kind is int else "a fraction in (0, 1]"
             raise UserError(f"{option} {item!r}: expected SOURCE=K with K {what}")
-        factors[name] = value_
+        factors[name] = parsed
     return factors
 
 

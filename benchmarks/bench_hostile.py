@@ -16,7 +16,6 @@ used; every loop is bounded. The figures go to docs/serve.md ("Hostile clients")
 import argparse
 import http.server
 import os
-import resource
 import signal
 import socket
 import sys
@@ -30,6 +29,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from serve import raise_open_files_limit  # noqa: E402
 from utils.server import serve_process  # noqa: E402
 
 
@@ -146,11 +146,7 @@ def main(argv=None) -> None:
     p.add_argument("--slow-bodies", type=int, default=100)
     p.add_argument("--checkpoint", default=None)
     args = p.parse_args(argv)
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)  # this process holds the client ends
-    wanted = args.connections + 256
-    if soft != resource.RLIM_INFINITY and soft < wanted:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted if hard == resource.RLIM_INFINITY else min(wanted, hard),
-                                                    hard))
+    raise_open_files_limit(args.connections + 256)  # this process holds the client ends
     extra = ["--checkpoint", args.checkpoint] if args.checkpoint else []
     with tempfile.TemporaryDirectory() as tmp, \
             serve_process(*extra, "--allow-private-urls", "--download-timeout", "5", log=Path(tmp) / "serve.log",

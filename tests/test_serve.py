@@ -344,6 +344,17 @@ def test_serve_script_answers_over_http(served_model, tmp_path):
     assert "Traceback" not in (tmp_path / "serve.log").read_text()
 
 
+def read_answer(conn: socket.socket) -> bytes:
+    """A server's answer on a raw socket, up to the end of its JSON body (or the connection's end)."""
+    answer = b""
+    while b"}" not in answer:
+        data = conn.recv(65536)
+        if not data:
+            break
+        answer += data
+    return answer
+
+
 def upload_without_end(url: str, size: int) -> str:
     """Send `size` bytes of a chunked upload that never ends and return the answer: the server must
     refuse while it reads, for it never gets the whole body."""
@@ -357,12 +368,7 @@ def upload_without_end(url: str, size: int) -> str:
                 conn.sendall(piece)
         except (BrokenPipeError, ConnectionResetError):  # refused before all of it was sent
             pass
-        answer = b""
-        while b"}" not in answer:
-            data = conn.recv(65536)
-            if not data:
-                break
-            answer += data
+        answer = read_answer(conn)
     status, _, rest = answer.decode("latin-1").partition("\r\n")
     assert " 413 " in status, answer[:300]
     return rest
@@ -493,14 +499,11 @@ def test_slow_clients_are_bounded_and_sigterm_is_prompt(served_model, tmp_path):
     half-sent JSON body was held for ever; SIGTERM then waited 99 s. Now: headers have a deadline,
     /health answers while hundreds of slow connections are open, a trickling JSON body gets 408,
     and SIGTERM ends the server in seconds."""
-    import resource
     import signal
 
     checkpoint, cache = served_model
     slow_count = 400
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < slow_count + 200:  # this test process holds the client ends
-        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, slow_count + 500), hard))
+    serve.raise_open_files_limit(slow_count + 500)  # this test process holds the client ends
     with serve_process("--checkpoint", str(checkpoint), "--cache-dir", str(cache), "--header-timeout", "2",
                        "--download-timeout", "2", "--shutdown-timeout", "3", log=tmp_path / "serve.log") as (url, proc):
         host, port = url.split("//")[1].strip("/").split(":")
@@ -515,13 +518,7 @@ def test_slow_clients_are_bounded_and_sigterm_is_prompt(served_model, tmp_path):
         with socket.create_connection((host, int(port)), timeout=10) as conn:  # a JSON body that stops
             conn.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                          b"Content-Length: 100\r\n\r\n{\"url\": ")
-            answer = b""
-            while b"}" not in answer:
-                data = conn.recv(65536)
-                if not data:
-                    break
-                answer += data
-        answer = answer.decode("latin-1")
+            answer = read_answer(conn).decode("latin-1")
         assert " 408 " in answer.split("\r\n")[0] and "took over 2 s to arrive" in answer
         time.sleep(1.5)  # past the header deadline: the slow connections are closed by the server
         closed = 0

@@ -287,6 +287,8 @@ class HeaderDeadline(H11Protocol):
     dripping headers held a thousand connections, and their file descriptors, for ever."""
 
     header_timeout = 10.0
+    _deadline = None  # the pending close, while a request's headers are awaited
+    _awaiting = None  # the cycle that was current when the deadline was armed
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
@@ -297,14 +299,13 @@ class HeaderDeadline(H11Protocol):
         self._deadline = self.loop.call_later(self.header_timeout, self._too_slow)
 
     def _disarm(self) -> None:
-        deadline = getattr(self, "_deadline", None)
-        if deadline is not None:
-            deadline.cancel()
+        if self._deadline is not None:
+            self._deadline.cancel()
             self._deadline = None
 
     def handle_events(self) -> None:
         super().handle_events()
-        if getattr(self, "_deadline", None) is not None and self.cycle is not self._awaiting:
+        if self._deadline is not None and self.cycle is not self._awaiting:
             self._disarm()  # a new request's headers have all come
 
     def on_response_complete(self) -> None:
