@@ -1,8 +1,12 @@
-"""Pictures of predictions: boxes and probabilities on the photo, DAN's attention on each face."""
+"""Pictures of predictions: boxes and probabilities on the photo, DAN's attention on each face.
+
+The colours are the web page's (serve.py sends them in GET /model): `PALETTE` for faces (by their
+number in a photo, by track in a video) and `emotion_colours` for classes (the timeline's curves).
+"""
 import re
 import tempfile
 from pathlib import Path
-from typing import List, Optional, Set
+from typing import Dict, List, Optional, Sequence, Set
 from urllib.parse import urlsplit
 
 import cv2
@@ -13,7 +17,28 @@ from utils.errors import UserError
 
 from .recognizer import Face, top_classes
 
-BOX_COLOURS = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240)]
+PALETTE = ["#2563eb", "#dc2626", "#16a34a", "#d97706", "#7c3aed", "#0891b2", "#db2777", "#4b5563"]
+# The eight class names data/ normalises every dataset to; other names take OTHER_COLOURS in turn.
+EMOTION_COLOURS = {"neutral": "#9ca3af", "happy": "#f59e0b", "surprise": "#06b6d4", "sad": "#3b82f6",
+                   "angry": "#dc2626", "disgust": "#16a34a", "fear": "#7c3aed", "contempt": "#a16207"}
+OTHER_COLOURS = ["#db2777", "#0f766e", "#4b5563", "#65a30d", "#9333ea", "#ea580c"]
+
+
+def rgb(colour: str):
+    """"#rrggbb" -> (r, g, b)."""
+    return tuple(int(colour[k:k + 2], 16) for k in (1, 3, 5))
+
+
+def emotion_colours(classes: Sequence[str]) -> Dict[str, str]:
+    """Each class's colour: its own for the usual eight names, else the next of OTHER_COLOURS."""
+    others = iter(OTHER_COLOURS * (len(classes) // len(OTHER_COLOURS) + 1))
+    return {c: EMOTION_COLOURS.get(c.lower()) or next(others) for c in classes}
+
+
+def face_colour(index: int, face: Optional[Face] = None):
+    """(r, g, b) of a face: by its track in a video, else by its number (from 0) in the photo."""
+    key = index if face is None or face.track is None else face.track - 1
+    return rgb(PALETTE[key % len(PALETTE)])
 
 
 def _font(size: int):
@@ -24,22 +49,30 @@ def _font(size: int):
 
 
 def draw_faces(image: np.ndarray, faces: List[Face], top_k: int = 3) -> Image.Image:
-    """The photo with each face's box, number, and its `top_k` classes with probabilities."""
+    """The photo with each face's box, number, and its `top_k` classes with probabilities.
+
+    A tracked face (a video frame) is labelled with its track id and its smoothed emotion instead,
+    and coloured by its track, so a person keeps one colour through the video.
+    """
     canvas = Image.fromarray(image).convert("RGB")
     draw = ImageDraw.Draw(canvas)
     size = max(12, round(max(canvas.size) / 60))
     font, line = _font(size), size + 4
     width = max(2, round(max(canvas.size) / 300))
     for i, face in enumerate(faces):
-        colour = BOX_COLOURS[i % len(BOX_COLOURS)]
+        colour = face_colour(i, face)
         x, y, w, h = face.box
         draw.rectangle([x, y, x + w, y + h], outline=colour, width=width)
         if face.landmarks:
             r = width + 1
             for px, py in face.landmarks:
                 draw.ellipse([px - r, py - r, px + r, py + r], fill=colour)
-        lines = [f"{name} {p:.0%}" for name, p in top_classes(face, top_k)]
-        lines[0] = f"{i + 1}. {lines[0]}"
+        if face.track is None:
+            lines = [f"{name} {p:.0%}" for name, p in top_classes(face, top_k)]
+            lines[0] = f"{i + 1}. {lines[0]}"
+        else:
+            probs = face.smoothed or face.probabilities
+            lines = [f"#{face.track} {face.smoothed_emotion} {probs[face.smoothed_emotion]:.0%}"]
         text_w = max(draw.textlength(t, font=font) for t in lines) + 8
         top = y + h + 2 if y + h + 2 + line * len(lines) <= canvas.height else max(0, y - 2 - line * len(lines))
         left = min(max(0, x), max(0, canvas.width - text_w))

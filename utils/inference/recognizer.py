@@ -28,6 +28,7 @@ from .faces import Detection, crop_face, normalize, resize_faces, wants_grayscal
 from .fallback import WHOLE_IMAGE, Fallback
 
 BACKENDS = ("auto", "onnx", "torch")
+TRACKED = "tracked"  # a Face's box_source when its box was carried from an earlier frame
 
 ImageLike = Union[str, Path, bytes, Image.Image, np.ndarray]
 
@@ -44,8 +45,14 @@ class Face:
         attention: (N, h, w) DAN's per-head spatial attention on the trunk grid, None otherwise.
         crop: (S, S, 3) uint8 face as the model saw it (before normalisation).
         box_source: where the box came from: "detector" (the photo as given), "padded" (the
-            detector, on the photo padded at its edges: a tight face crop) or "whole image"
-            (no detection: the whole photo, small and face-shaped, taken as the face).
+            detector, on the photo padded at its edges: a tight face crop), "whole image"
+            (no detection: the whole photo, small and face-shaped, taken as the face) or
+            "tracked" (a video frame the detector skipped: the face's box in the last frame
+            it ran on, utils/inference/video.py).
+        track: in a video, the id of the face's track (stable while it stays in view); None
+            for photos.
+        smoothed: in a video, the probabilities averaged over time along the track
+            (utils/inference/tracking.py); None for photos.
     """
 
     box: Tuple[int, int, int, int]
@@ -55,11 +62,19 @@ class Face:
     attention: Optional[np.ndarray] = field(default=None, repr=False)
     crop: Optional[np.ndarray] = field(default=None, repr=False)
     box_source: str = "detector"
+    track: Optional[int] = None
+    smoothed: Optional[Dict[str, float]] = None
 
     @property
     def emotion(self) -> str:
         """The most probable class."""
         return max(self.probabilities, key=self.probabilities.get)
+
+    @property
+    def smoothed_emotion(self) -> str:
+        """The most probable class after smoothing over time (the raw one for photos)."""
+        probs = self.probabilities if self.smoothed is None else self.smoothed
+        return max(probs, key=probs.get)
 
     def to_dict(self) -> Dict[str, Any]:
         """The JSON form documented in docs/predict.md."""
@@ -70,6 +85,10 @@ class Face:
             "score": None if self.score is None else round(self.score, 4),
             "landmarks": None if self.landmarks is None else [[round(x, 1), round(y, 1)] for x, y in self.landmarks],
             "box_source": self.box_source,
+            **({} if self.track is None else {
+                "track": self.track,
+                "smoothed": None if self.smoothed is None else {k: round(v, 6) for k, v in self.smoothed.items()},
+                "smoothed_emotion": self.smoothed_emotion}),
         }
 
 
@@ -218,10 +237,16 @@ class EmotionRecognizer:
             attention = None if attention is None else attention[:n]
         return softmax(logits / self.temperature), attention
 
-    def predict(self, image: ImageLike) -> List[Face]:
-        """Every face in `image` with its box and class probabilities; [] when none is found."""
+    def predict(self, image: ImageLike, detections: Optional[Sequence[Detection]] = None) -> List[Face]:
+        """Every face in `image` with its box and class probabilities; [] when none is found.
+
+        `detections` skips the detector: those boxes are classified instead ("tracked" faces).
+        """
         image = self.load(image)
-        detections, source, crops = locate_faces(image, self.detector, self.fallback, self.margin, self.align)
+        if detections is None:
+            detections, source, crops = locate_faces(image, self.detector, self.fallback, self.margin, self.align)
+        else:
+            source, crops = TRACKED, [crop_face(image, d, self.margin, self.align) for d in detections]
         faces = resize_faces(crops, self.img_size, self.grayscale)
         probs, attention = self.classify(faces)
         return [Face(box=tuple(int(round(v)) for v in d.box),

@@ -5,7 +5,9 @@ A failure becomes an `Input` with an error instead of an image, so one bad argum
 stops the others.
 """
 import glob
+import itertools
 import logging
+import math
 import re
 import time
 from dataclasses import dataclass
@@ -23,6 +25,7 @@ from .fetch import FetchLimits, fetch_image, is_url
 
 log = logging.getLogger(__name__)
 MAX_WEBCAM = 2**31 - 1  # OpenCV takes a C int
+_STREAMS = itertools.count(1)
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
 
 
@@ -36,6 +39,10 @@ class Input:
         error: one sentence for people, None on success.
         frame: the frame index for videos and webcams, None for still images.
         ms: time spent fetching and decoding.
+        time: for a frame, seconds since the stream began: the frame index over the video's frame
+            rate, or the clock for a webcam.
+        stream: for a frame, a number shared by the frames of one video or webcam and no other.
+        fps: for a frame, the stream's frame rate as OpenCV reports it (0 when unknown).
     """
 
     name: str
@@ -43,6 +50,9 @@ class Input:
     error: Optional[str] = None
     frame: Optional[int] = None
     ms: float = 0.0
+    time: Optional[float] = None
+    stream: Optional[int] = None
+    fps: float = 0.0
 
 
 def record(item: Input, faces, ms: float) -> dict:
@@ -50,6 +60,8 @@ def record(item: Input, faces, ms: float) -> dict:
     and serve.py's answer to POST /predict."""
     out = {"input": item.name, "frame": item.frame, "faces": [f.to_dict() for f in faces],
            "error": item.error, "ms": round(ms, 2)}
+    if item.time is not None:
+        out["time"] = round(item.time, 4)
     if item.image is not None:
         out["size"] = [int(item.image.shape[1]), int(item.image.shape[0])]
     return out
@@ -140,7 +152,10 @@ def iter_frames(name: str, source, frame_stride: int = 1, max_frames: Optional[i
         what = "webcam" if isinstance(source, int) else "video"
         yield Input(name, error=f"{name}: cannot open this {what} with OpenCV")
         return
-    stride, index, given = max(1, frame_stride), 0, 0
+    fps = capture.get(cv2.CAP_PROP_FPS)
+    fps = fps if math.isfinite(fps) and 0 < fps < 1000 else 0.0
+    live = isinstance(source, int)  # a webcam's frames are timed by the clock, a file's by its rate
+    stream, stride, index, given, began = next(_STREAMS), max(1, frame_stride), 0, 0, time.monotonic()
     try:
         while max_frames is None or given < max_frames:
             start = time.perf_counter()
@@ -150,7 +165,12 @@ def iter_frames(name: str, source, frame_stride: int = 1, max_frames: Optional[i
                 ok, frame = capture.retrieve()
                 if ok:
                     rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-                    yield Input(name, image=rgb, frame=index, ms=(time.perf_counter() - start) * 1000)
+                    if live or not fps:
+                        at = time.monotonic() - began if live else capture.get(cv2.CAP_PROP_POS_MSEC) / 1000
+                    else:
+                        at = index / fps
+                    yield Input(name, image=rgb, frame=index, ms=(time.perf_counter() - start) * 1000,
+                                time=at, stream=stream, fps=fps)
                     given += 1
             index += 1
     finally:
