@@ -82,13 +82,15 @@ def render(actors: Sequence[Actor], frames: int, size: Tuple[int, int] = (640, 4
            seed: int = 0) -> Tuple[List[np.ndarray], List[Dict[int, Tuple[int, int, int, int]]]]:
     """The clip's frames (RGB) and, per frame, {actor index: its sprite's (x, y, w, h) as drawn}.
 
-    Actors are pasted in order, so a later one covers an earlier one where they overlap; a sprite
-    partly outside the frame is clipped, and one less than half inside does not count as visible.
+    Actors are pasted in order, so a later one covers an earlier one where they overlap. An actor
+    counts as visible when at least half of the middle of its picture (the middle half of its
+    width and height, where the face is) is in the frame and not covered by a later actor.
     """
     base = background(size, seed)
     out, truth = [], []
     for f in range(frames):
         canvas, seen = base.copy(), {}
+        owner = np.full((size[1], size[0]), -1, np.int32)
         for k, actor in enumerate(actors):
             centre = actor.where(f)
             if centre is None:
@@ -100,8 +102,14 @@ def render(actors: Sequence[Actor], frames: int, size: Tuple[int, int] = (640, 4
             if x2 <= x1 or y2 <= y1:
                 continue
             canvas[y1:y2, x1:x2] = picture[y1 - y:y2 - y, x1 - x:x2 - x]
-            if (x2 - x1) * (y2 - y1) >= 0.5 * w * h:
-                seen[k] = (x, y, w, h)
+            owner[y1:y2, x1:x2] = k
+            seen[k] = (x, y, w, h)
+        for k, (x, y, w, h) in list(seen.items()):
+            mx1, my1 = max(0, x + w // 4), max(0, y + h // 4)
+            mx2, my2 = min(size[0], x + 3 * w // 4), min(size[1], y + 3 * h // 4)
+            shown = (owner[my1:my2, mx1:mx2] == k).sum() if mx2 > mx1 and my2 > my1 else 0
+            if shown < 0.5 * (w // 2) * (h // 2):
+                del seen[k]
         out.append(canvas)
         truth.append(seen)
     return out, truth

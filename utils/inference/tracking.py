@@ -68,6 +68,8 @@ class Track:
         look: the appearance histogram, a running average over its matches; None without one.
         missed: processed frames since it was last matched.
         hits: frames it was matched in.
+        side: the face's size, a running average of its boxes' longer sides (a box cut short
+            by something in front of the face weighs little).
         payload: what the caller keeps with the track (the last detection, for instance).
     """
 
@@ -76,7 +78,11 @@ class Track:
     look: Optional[np.ndarray] = None
     missed: int = 0
     hits: int = 1
+    side: float = 0.0
     payload: object = field(default=None, repr=False)
+
+    def __post_init__(self):
+        self.side = self.side or float(max(self.box[2], self.box[3]))
 
 
 class FaceTracker:
@@ -88,10 +94,10 @@ class FaceTracker:
         look_min: an overlapping match is refused when the appearance similarity (Bhattacharyya
             coefficient of the histograms, 1 for identical) is below this.
         regain_min: a missed track is picked up again by a box that does not overlap its last
-            one when the faces are this similar, the boxes of a similar size (ratio under 1.5)
-            and their centres near: within (1 + `regain_speed` * frames missed) of the last
-            box's side, at most 4 sides (no motion model: the face may have moved anywhere
-            near while hidden).
+            one when the faces are this similar, the box of the track's size (ratio under 1.5)
+            and their centres near: within (1 + `regain_speed` * frames missed) of the track's
+            side, at most 4 sides (no motion model: the face may have moved anywhere near while
+            hidden).
         regain_speed: how far a hidden face is looked for, in box sides per missed frame.
     """
 
@@ -122,6 +128,7 @@ class FaceTracker:
             if d in pairs:
                 track = self.tracks[pairs[d]]
                 track.box, track.missed, track.hits = tuple(box), 0, track.hits + 1
+                track.side += 0.2 * (max(box[2], box[3]) - track.side)
                 if looks[d] is not None:
                     track.look = looks[d] if track.look is None else _blend(track.look, looks[d])
                 matched.add(pairs[d])
@@ -149,17 +156,17 @@ class FaceTracker:
                     if like is None or like >= self.look_min:
                         score[t, d] = 1 + overlap[t, d] + (like or 0)
                 elif (track.missed and like is not None and like >= self.regain_min
-                      and self._near(track.box, box, track.missed)):
+                      and self._near(track, box)):
                     score[t, d] = like  # below any overlapping match: a regained face comes second
         return score
 
-    def _near(self, old: Box, new: Box, missed: int) -> bool:
-        side_old, side_new = max(old[2], old[3]), max(new[2], new[3])
-        if not 1 / 1.5 <= side_new / max(side_old, 1e-6) <= 1.5:
+    def _near(self, track: Track, new: Box) -> bool:
+        old, side = track.box, track.side
+        if not 1 / 1.5 <= max(new[2], new[3]) / max(side, 1e-6) <= 1.5:
             return False
         dx = (new[0] + new[2] / 2) - (old[0] + old[2] / 2)
         dy = (new[1] + new[3] / 2) - (old[1] + old[3] / 2)
-        return math.hypot(dx, dy) <= min(4.0, 1 + self.regain_speed * missed) * side_old
+        return math.hypot(dx, dy) <= min(4.0, 1 + self.regain_speed * track.missed) * side
 
 
 def _likeness(a: Optional[np.ndarray], b: Optional[np.ndarray]) -> Optional[float]:

@@ -26,7 +26,6 @@ from utils.errors import UserError
 from .annotate import draw_faces, emotion_colours, output_stem
 from .faces import Detection
 from .recognizer import Face
-from .sources import VIDEO_EXTENSIONS
 from .tracking import EmaSmoother, FaceTracker, appearance
 
 log = logging.getLogger("predict")
@@ -235,12 +234,12 @@ CODECS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".mkv": "mp4v", ".avi"
 class VideoOut:
     """`--save-video`: each analysed video re-encoded with its boxes, track ids and smoothed
     emotions drawn (annotate.draw_faces), at its frame rate over the frame stride, so it lasts as
-    long as the source. A path with a video extension is one file (for one video); any other path
-    is a folder that gets `<video name>.mp4` per video."""
+    long as the source. A path with an extension (.mp4, .m4v, .mov, .mkv, .avi) is one file, for
+    one video; a path without one, or an existing folder, gets `<video name>.mp4` per video."""
 
     def __init__(self, target, stride: int = 1):
         self.target, self.stride = Path(target), max(1, stride)
-        self.single = self.target.suffix.lower() in VIDEO_EXTENSIONS
+        self.single = bool(self.target.suffix) and not self.target.is_dir()
         if self.single and self.target.suffix.lower() not in CODECS:
             raise UserError(f"--save-video {self.target}: write .mp4, .m4v, .mov, .mkv or .avi, or give a folder")
         _writable_folder(self.target.parent if self.single else self.target, "video")
