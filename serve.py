@@ -62,6 +62,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                    help="a web origin (https://app.example) whose pages may call the API from a browser; "
                         "repeat for more; none by default, and then POSTs from other sites' pages are refused")
+    p.add_argument("--smooth", type=number(float, 0), default=0.5,
+                   help="live sessions (the page's webcam): time constant in seconds of each face's moving "
+                        "average of probabilities (0: none)")
+    p.add_argument("--max-missed", type=number(int, 0), default=30,
+                   help="live sessions: a face's track ends after this many frames without it")
+    p.add_argument("--max-sessions", type=number(int, 1), default=256,
+                   help="live sessions kept at once (the least recently used is dropped first)")
     p.add_argument("--cache-dir", default=None, help="ONNX export cache (default $FER_CACHE_DIR or ~/.cache/fer)")
     add_limit_args(p)
     return p
@@ -124,7 +131,8 @@ def main(args) -> int:
     options = ServeOptions(limits=limits_from_args(args, allow_private=args.allow_private_urls),
                            max_pixels=args.max_pixels, workers=workers, queue=args.queue,
                            cors_origins=tuple(check_origins(args.cors_origin)), fetch_workers=args.fetch_workers,
-                           fetch_queue=args.fetch_queue)
+                           fetch_queue=args.fetch_queue, smooth=args.smooth, max_missed=args.max_missed,
+                           sessions=args.max_sessions)
     app = create_app(recognizer, options)
     sock = listen(args.host, args.port)
     host = f"[{args.host}]" if ":" in args.host else args.host

@@ -132,6 +132,54 @@ def test_health_and_model(client, served_model):
     assert model["limits"]["max_bytes"] == LIMITS["max_bytes"]
 
 
+def test_live_sessions_follow_faces_and_smooth_them(recognizer):
+    """?session=: the page's webcam. Faces keep their track across a session's frames, the
+    probabilities are the moving average predict.py keeps for a video, sessions are independent
+    and bounded, and a malformed id is refused."""
+    import math
+
+    bright = ASTRONAUT.read_bytes()
+    dark = encoded(Image.fromarray((np.asarray(Image.open(ASTRONAUT).convert("RGB")) * 0.5).astype(np.uint8)), "JPEG")
+    jpeg = {"Content-Type": "image/jpeg"}
+    app = create_app(recognizer, options(smooth=0.5, sessions=2))
+    with TestClient(app) as c:
+        model = c.get("/model").json()
+        assert model["sessions"]["smooth_s"] == 0.5 and len(model["palette"]) >= 6
+        assert set(model["colours"]) == {"angry", "happy", "sad"} and model["colours"]["happy"].startswith("#")
+        first = c.post("/predict?session=webcam-0001", content=bright, headers=jpeg).json()
+        time.sleep(0.2)
+        second = c.post("/predict?session=webcam-0001", content=dark, headers=jpeg).json()
+        a, b = first["faces"][0], second["faces"][0]
+        assert a["track"] == b["track"] == 1 and 0 <= first["time"] < second["time"]
+        assert a["smoothed"] == a["probabilities"]  # a track's first frame is its own average
+        alpha = 1 - math.exp(-(second["time"] - first["time"]) / 0.5)
+        for k in a["probabilities"]:
+            expected = a["probabilities"][k] + alpha * (b["probabilities"][k] - a["probabilities"][k])
+            assert b["smoothed"][k] == pytest.approx(expected, abs=2e-3)  # times are rounded to 0.1 ms
+        assert b["smoothed_emotion"] == max(b["smoothed"], key=b["smoothed"].get)
+        plain = c.post("/predict", content=bright, headers=jpeg).json()
+        assert "track" not in plain["faces"][0] and "time" not in plain
+        assert c.post("/predict?session=webcam-0002", content=bright, headers=jpeg).json()["faces"][0]["track"] == 1
+        c.post("/predict?session=webcam-0003", content=bright, headers=jpeg)
+        assert list(app.state.sessions.live) == ["webcam-0002", "webcam-0003"]  # at most 2: the oldest went
+        for bad in ("short", "x" * 65, "a/b/../../c", "space in it"):
+            refused(c.post("/predict", params={"session": bad}, content=bright, headers=jpeg), 422, "session")
+
+
+def test_a_session_takes_one_frame_at_a_time(recognizer):
+    from utils.server import ApiError, Sessions
+    sessions = Sessions(recognizer, options())
+    image = np.asarray(Image.open(ASTRONAUT).convert("RGB"))
+    faces, t = sessions.step("webcam-0001", image)
+    assert faces[0].track == 1 and t >= 0
+    sessions.live["webcam-0001"][3].acquire()  # as if a frame were running
+    with pytest.raises(ApiError) as err:
+        sessions.step("webcam-0001", image)
+    assert err.value.status == 409
+    sessions.live["webcam-0001"][3].release()
+    assert sessions.step("webcam-0001", image)[0][0].track == 1
+
+
 def test_upload_raw_and_url_equal_predict_cli(client, open_client, web, served_model, capsys):
     checkpoint, cache = served_model
     code = predict.main(predict.get_args_parser().parse_args(

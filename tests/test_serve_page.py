@@ -26,6 +26,13 @@ WAIT_S = 30
 @pytest.fixture
 def browser():
     """Headless Chromium, or a skip (before the model is made) when it is not installed."""
+    chrome = launch()
+    yield chrome
+    chrome.quit()
+
+
+def launch(*flags):
+    """Headless Chromium with a fake webcam (a test pattern, or `--use-file-for-fake-video-capture`)."""
     webdriver = pytest.importorskip("selenium.webdriver")
     binary = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
     driver = shutil.which("chromedriver")
@@ -37,12 +44,22 @@ def browser():
     options.binary_location = binary
     for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
                  "--window-size=1200,700", "--disable-extensions",
-                 "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"):  # a test-pattern webcam
+                 "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream", *flags):
         options.add_argument(flag)
     # The explicit driver path keeps Selenium Manager from looking for (and downloading) one.
-    chrome = webdriver.Chrome(options=options, service=Service(driver))
-    yield chrome
-    chrome.quit()
+    return webdriver.Chrome(options=options, service=Service(driver))
+
+
+def write_y4m(path: Path, frames) -> Path:
+    """RGB frames (H, W, 3) -> an uncompressed 4:2:0 Y4M clip, the file format Chromium's fake webcam plays."""
+    import cv2
+
+    h, w = frames[0].shape[:2]
+    with open(path, "wb") as f:
+        f.write(f"YUV4MPEG2 W{w} H{h} F30:1 Ip A1:1 C420jpeg\n".encode())
+        for frame in frames:
+            f.write(b"FRAME\n" + cv2.cvtColor(frame, cv2.COLOR_RGB2YUV_I420).tobytes())
+    return path
 
 
 def settled(browser):
@@ -113,3 +130,36 @@ def test_page_shows_the_faces_the_api_gives(browser, served_model, tmp_path):
         browser.find_element("id", "camera").click()
         assert browser.find_element("id", "status").text == "webcam off"
     assert (tmp_path / "serve_page.png").stat().st_size > 10_000
+
+
+def test_webcam_faces_are_followed_and_smoothed(served_model, tmp_path):
+    """The fake webcam plays the sample head drifting (a clip made here): the page sends its frames
+    with a session id, and shows the face by its track (#1) with the smoothed emotion."""
+    from benchmarks.clips import astronaut_head, drifting, render
+
+    frames, _ = render(drifting(astronaut_head(300), frames=30), 30)
+    clip = write_y4m(tmp_path / "webcam.y4m", frames)
+    browser = launch(f"--use-file-for-fake-video-capture={clip}")
+    checkpoint, cache = served_model
+    try:
+        with serve_process("--checkpoint", str(checkpoint), "--cache-dir", str(cache), log=tmp_path / "serve.log",
+                           timeout=120) as (url, _):
+            browser.get(url)
+            browser.find_element("id", "camera").click()
+            from selenium.webdriver.support.ui import WebDriverWait
+            # the second answer at least: the first frame of a session is its own average
+            WebDriverWait(browser, WAIT_S).until(lambda b: len([e for e in b.execute_script(
+                "return performance.getEntriesByType('resource').map(e => e.name)") if "predict?session=" in e]) >= 2
+                and b.find_elements("css selector", "#stage .box"))
+            box = browser.find_element("css selector", "#stage .box")
+            card = browser.find_element("css selector", "#faces .face")
+            emotion = box.get_attribute("data-emotion")
+            assert box.text.startswith(f"#1 {emotion} ")
+            assert card.text.startswith(f"Face #1: {emotion} (over 0.5 s)")
+            sent = [e for e in browser.execute_script("return performance.getEntriesByType('resource')"
+                                                       ".map(e => e.name)") if "predict" in e]
+            ids = {e.split("session=")[1] for e in sent}
+            assert len(ids) == 1 and re.fullmatch(r"[0-9a-f]{32}", ids.pop())  # one session for this webcam start
+            browser.find_element("id", "camera").click()
+    finally:
+        browser.quit()

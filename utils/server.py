@@ -8,6 +8,11 @@ and classification run on a pool of `workers` threads, `queue` more requests may
 and past that a request is answered 503 with Retry-After. URL downloads wait on their own threads,
 outside the pool, so a slow server holds no worker.
 
+POST /predict?session=<id> is one frame of a live video (the page's webcam): the faces are
+followed from the session's earlier frames and their probabilities smoothed over time, as
+predict.py does for a video (utils/inference/video.py); the server keeps a bounded number of
+sessions and forgets one left idle.
+
 Every refusal is a status code and {"error": "<one sentence>"}; docs/serve.md lists them.
 """
 import asyncio
@@ -22,7 +27,9 @@ import re
 import select
 import subprocess
 import sys
+import threading
 import time
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +50,10 @@ from data.images import MAX_PIXELS, ImageTooLarge, decode_image
 from utils.errors import UserError, first_line
 from utils.files import file_digest
 from utils.inference.fetch import MB, DownloadTimedOut, DownloadTooLarge, FetchLimits, UrlRefused, fetch
+from utils.inference.annotate import PALETTE, emotion_colours
 from utils.inference.sources import Input, record
+from utils.inference.tracking import FaceTracker
+from utils.inference.video import FaceStream
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = Path(__file__).with_name("serve_page.html")
@@ -75,6 +85,10 @@ class ServeOptions:
             how many may wait; one more is answered 503.
         cors_origins: web origins (https://app.example) whose pages may call the API from a
             browser; none by default, and then a POST from any page of another origin is refused.
+        smooth: live sessions: the time constant in seconds of each face's moving average.
+        max_missed: live sessions: a face's track ends after this many frames without it.
+        sessions: live sessions kept at once; a new one pushes out the least recently used.
+        session_idle: seconds after which an unused session is forgotten.
     """
 
     limits: FetchLimits = field(default_factory=lambda: FetchLimits(allow_private=False))
@@ -84,6 +98,53 @@ class ServeOptions:
     cors_origins: Tuple[str, ...] = ()
     fetch_workers: int = 4
     fetch_queue: int = 8
+    smooth: float = 0.5
+    max_missed: int = 30
+    sessions: int = 256
+    session_idle: float = 120.0
+
+
+SESSION_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
+
+
+class Sessions:
+    """The live video sessions (the page's webcam, one per browser tab): each its own tracker and
+    smoother. At most `capacity` are kept (the least recently used goes first) and one unused for
+    `idle` seconds is dropped, so clients cannot grow the server's memory. A session's frames are
+    analysed one at a time: a frame sent while the previous one is still running is refused (409).
+    """
+
+    def __init__(self, recognizer, options: "ServeOptions"):
+        self.recognizer, self.options = recognizer, options
+        self.lock = threading.Lock()
+        self.live: "OrderedDict[str, list]" = OrderedDict()  # id -> [stream, began, last used, busy lock]
+
+    def __len__(self) -> int:
+        return len(self.live)
+
+    def step(self, session: str, image: np.ndarray) -> Tuple[list, float]:
+        """This frame's faces with tracks and smoothed probabilities, and its time in the session."""
+        now = time.monotonic()
+        with self.lock:
+            for key in [k for k, v in self.live.items() if now - v[2] > self.options.session_idle]:
+                del self.live[key]
+            entry = self.live.get(session)
+            if entry is None:
+                stream = FaceStream(self.recognizer, self.options.smooth,
+                                    tracker=FaceTracker(max_missed=self.options.max_missed))
+                entry = self.live[session] = [stream, now, now, threading.Lock()]
+                while len(self.live) > self.options.sessions:
+                    self.live.popitem(last=False)
+            self.live.move_to_end(session)
+            entry[2] = now
+        if not entry[3].acquire(blocking=False):
+            raise ApiError(409, "a frame of this session is still being analysed: send the next one when its "
+                                "answer has come")
+        try:
+            t = time.monotonic() - entry[1]
+            return entry[0].step(image, t), t
+        finally:
+            entry[3].release()
 
 
 class InferencePool:
@@ -160,7 +221,8 @@ def model_info(recognizer) -> dict:
     return {"checkpoint": recognizer.checkpoint.name, "sha256": file_digest(recognizer.checkpoint),
             "model": meta.get("model"), "classes": recognizer.classes, "img_size": recognizer.img_size,
             "grayscale": recognizer.grayscale, "temperature": recognizer.temperature, "tta": recognizer.tta,
-            "detector": getattr(recognizer.detector, "name", type(recognizer.detector).__name__), "backend": recognizer.backend}
+            "detector": getattr(recognizer.detector, "name", type(recognizer.detector).__name__), "backend": recognizer.backend,
+            "palette": PALETTE, "colours": emotion_colours(recognizer.classes)}
 
 
 async def _read_body(request, limit: int, slack: int = 0) -> AsyncIterator[bytes]:
@@ -265,15 +327,19 @@ def _predict_schema() -> dict:
         "image/*": {"schema": binary},
         "application/json": {"schema": {"type": "object", "properties": {"url": {"type": "string"}},
                                         "required": ["url"]}},
-    }}}
+    }}, "parameters": [{
+        "name": "session", "in": "query", "required": False, "schema": {"type": "string", "pattern": SESSION_ID.pattern},
+        "description": "a live video's id (the page makes one per webcam start): faces get a track id, followed "
+                       "from the session's earlier frames, and probabilities smoothed over time"}]}
 
 
 ERRORS = {
     400: "a malformed request, or a URL that is not http(s) or is at a loopback, private or link-local address",
     408: "the upload did not arrive within the download time limit",
+    409: "a frame sent for a live session (?session=) while its previous frame is still being analysed",
     413: "the image (uploaded or downloaded) is over the size limit",
     415: "not an image, or a Content-Type other than multipart/form-data, image/* or application/json",
-    422: "an image cut short or damaged, or over the pixel limit (a decompression bomb)",
+    422: "an image cut short or damaged, over the pixel limit (a decompression bomb), or a malformed session id",
     502: "the URL's server failed (an HTTP error, a refused connection)",
     503: "every worker is busy and the queue is full: try again after Retry-After seconds",
     504: "the URL's server was too slow or did not answer",
@@ -374,6 +440,9 @@ def create_app(recognizer, options: ServeOptions = ServeOptions()):
     info = model_info(recognizer)
     info["limits"] = {"max_bytes": options.limits.max_bytes, "max_pixels": options.max_pixels,
                       "download_timeout_s": options.limits.total_timeout}
+    info["sessions"] = {"smooth_s": options.smooth, "max_missed": options.max_missed,
+                        "max_sessions": options.sessions, "idle_s": options.session_idle}
+    sessions = Sessions(recognizer, options)
     page = PAGE.read_bytes()
     page_policy = content_security_policy(page.decode("utf-8"))
 
@@ -387,6 +456,7 @@ def create_app(recognizer, options: ServeOptions = ServeOptions()):
                   description="Every face in a photo, its box and the probability of each expression. "
                               "The answer to POST /predict is one line of `predict.py --json`.")
     app.state.pool = pool
+    app.state.sessions = sessions
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
@@ -408,14 +478,18 @@ def create_app(recognizer, options: ServeOptions = ServeOptions()):
         app.add_middleware(CORSMiddleware, allow_origins=list(options.cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["content-type"], max_age=600)
 
-    def recognise(body: bytes, name: str, ms: float) -> dict:
+    def recognise(body: bytes, name: str, ms: float, session: Optional[str] = None) -> dict:
         start = time.perf_counter()
         image = decode(body, name, options.max_pixels)
+        at = None
         try:
-            faces = recognizer.predict(image)
+            if session is None:
+                faces = recognizer.predict(image)
+            else:
+                faces, at = sessions.step(session, image)
         except UserError as err:
             raise ApiError(422, f"{name}: {first_line(err)}") from None
-        return record(Input(name, image=image), faces, ms + (time.perf_counter() - start) * 1000)
+        return record(Input(name, image=image, time=at), faces, ms + (time.perf_counter() - start) * 1000)
 
     @app.get("/", include_in_schema=False)
     async def index():
@@ -434,6 +508,9 @@ def create_app(recognizer, options: ServeOptions = ServeOptions()):
               responses={code: {"description": text} for code, text in ERRORS.items()},
               summary="Every face in an image: a file upload, raw image bytes, or JSON {\"url\": ...}")
     async def predict(request: Request):
+        session = request.query_params.get("session")
+        if session is not None and not SESSION_ID.fullmatch(session):
+            raise ApiError(422, "session: 8 to 64 letters, digits, - or _ (the page makes one per webcam start)")
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if kind == "application/json":
             body, name, ms = await _download(request, options.limits, fetches)
@@ -446,7 +523,7 @@ def create_app(recognizer, options: ServeOptions = ServeOptions()):
                 except asyncio.TimeoutError:
                     raise ApiError(408, f"the upload took over {options.limits.total_timeout:g} s") from None
                 try:
-                    return await _unless_gone(request, pool.run(recognise, body, name, 0.0))
+                    return await _unless_gone(request, pool.run(recognise, body, name, 0.0, session))
                 finally:
                     big = len(body) >= BIG_BODY
                     del body
@@ -455,7 +532,7 @@ def create_app(recognizer, options: ServeOptions = ServeOptions()):
         else:
             raise ApiError(415, f"Content-Type {kind or 'missing'}: send multipart/form-data, an image/* body, "
                                 "or application/json {\"url\": ...}")
-        return await _unless_gone(request, pool.run(recognise, body, name, ms))
+        return await _unless_gone(request, pool.run(recognise, body, name, ms, session))
 
     async def refused(_request, err: ApiError):
         return JSONResponse({"error": err.message}, err.status, headers=err.headers)
