@@ -67,7 +67,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--detect-every", type=number(int, 1), default=1,
                    help="videos and webcams: run the face detector on every N-th analysed frame; in between "
                         "faces keep their last boxes")
-    p.add_argument("--max-missed", type=number(int, 0), default=30,
+    p.add_argument("--max-missed", type=number(int, 0), default=60,
                    help="videos and webcams: a face's track ends after this many analysed frames without it")
     p.add_argument("--timeline", default=None, metavar="DIR",
                    help="videos and webcams: write DIR/timeline.csv (a row per frame and face) and "

@@ -65,7 +65,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--smooth", type=number(float, 0), default=0.5,
                    help="live sessions (the page's webcam): time constant in seconds of each face's moving "
                         "average of probabilities (0: none)")
-    p.add_argument("--max-missed", type=number(int, 0), default=30,
+    p.add_argument("--max-missed", type=number(int, 0), default=10,
                    help="live sessions: a face's track ends after this many frames without it")
     p.add_argument("--max-sessions", type=number(int, 1), default=256,
                    help="live sessions kept at once (the least recently used is dropped first)")

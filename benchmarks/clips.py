@@ -151,8 +151,20 @@ def drifting(a: Sprite, frames: int = 300, size=(640, 480)) -> List[Actor]:
     return [Actor(a, linear((0.35 * w, 0.45 * h), (0.65 * w, 0.55 * h), frames))]
 
 
+def covered(a: Sprite, frames: int = 120, hidden: Tuple[int, int] = (40, 80), size=(640, 480)) -> List[Actor]:
+    """One still head whose mouth is covered (a flat skin-coloured patch, as a hand) for the
+    frames in `hidden`: the expression the model reads changes, then comes back."""
+    h, w = a.image.shape[:2]
+    patch = a.image.copy()
+    y1, y2, x1, x2 = int(0.56 * h), int(0.80 * h), int(0.30 * w), int(0.74 * w)
+    patch[y1:y2, x1:x2] = np.median(a.image[int(0.35 * h):int(0.5 * h), int(0.35 * w):int(0.65 * w)].reshape(-1, 3),
+                                    axis=0).astype(np.uint8)
+    return [Actor(a, lambda f: (size[0] / 2, size[1] / 2),
+                  image=lambda f: patch if hidden[0] <= f < hidden[1] else a.image)]
+
+
 SCENES = {"crossing": lambda s: crossing(*s), "leave-return": lambda s: leave_and_return(*s),
-          "drifting": lambda s: drifting(s[0])}
+          "drifting": lambda s: drifting(s[0]), "covered": lambda s: covered(s[0])}
 
 
 def main() -> None:
@@ -161,9 +173,9 @@ def main() -> None:
     p.add_argument("--scene", choices=sorted(SCENES), default="crossing")
     p.add_argument("--fps", type=float, default=30.0)
     args = p.parse_args()
-    head = astronaut_head()
+    head = astronaut_head(300 if args.scene == "covered" else 150)
     actors = SCENES[args.scene]((head, recoloured(head)))
-    frames, _ = render(actors, {"crossing": 90, "leave-return": 120, "drifting": 300}[args.scene])
+    frames, _ = render(actors, {"crossing": 90, "leave-return": 120, "drifting": 300, "covered": 120}[args.scene])
     print(write_video(args.output, frames, args.fps))
 
 

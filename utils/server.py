@@ -99,7 +99,7 @@ class ServeOptions:
     fetch_workers: int = 4
     fetch_queue: int = 8
     smooth: float = 0.5
-    max_missed: int = 30
+    max_missed: int = 10
     sessions: int = 256
     session_idle: float = 120.0
 

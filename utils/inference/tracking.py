@@ -101,7 +101,7 @@ class FaceTracker:
         regain_speed: how far a hidden face is looked for, in box sides per missed frame.
     """
 
-    def __init__(self, iou_min: float = 0.3, max_missed: int = 30, look_min: float = 0.4,
+    def __init__(self, iou_min: float = 0.5, max_missed: int = 60, look_min: float = 0.4,
                  regain_min: float = 0.7, regain_speed: float = 0.1):
         if not 0 < iou_min <= 1:
             raise ValueError(f"iou_min must be in (0, 1], got {iou_min}")
