@@ -156,9 +156,10 @@ def covered(a: Sprite, frames: int = 120, hidden: Tuple[int, int] = (40, 80), si
     frames in `hidden`: the expression the model reads changes, then comes back."""
     h, w = a.image.shape[:2]
     patch = a.image.copy()
-    y1, y2, x1, x2 = int(0.56 * h), int(0.80 * h), int(0.30 * w), int(0.74 * w)
-    patch[y1:y2, x1:x2] = np.median(a.image[int(0.35 * h):int(0.5 * h), int(0.35 * w):int(0.65 * w)].reshape(-1, 3),
-                                    axis=0).astype(np.uint8)
+    # where the sample head's mouth and cheeks are (astronaut_head's crop, any size)
+    y1, y2, x1, x2 = int(0.62 * h), int(0.86 * h), int(0.05 * w), int(0.42 * w)
+    cheek = a.image[int(0.47 * h):int(0.58 * h), int(0.10 * w):int(0.25 * w)].reshape(-1, 3)
+    patch[y1:y2, x1:x2] = np.median(cheek, axis=0).astype(np.uint8)
     return [Actor(a, lambda f: (size[0] / 2, size[1] / 2),
                   image=lambda f: patch if hidden[0] <= f < hidden[1] else a.image)]
 
