@@ -20,6 +20,10 @@ background and moved along paths, written to an mp4 and read back as predict.py 
   --detect-every, and where the time of a frame goes. Two head sizes: 300 px (a webcam's face,
   about 130 px) and 150 px (about 65 px: a face under 15 % of the frame, which the default
   detector sends through the whole MTCNN cascade).
+- **grid** (not run by default): the tracker's settings tried on the tracking part's clips, the
+  way the defaults were chosen.
+- **looks** (needs --data): how similar the appearance histograms are, for one face over time
+  and for pairs of different people.
 - **every** (needs --data): SFEW val faces, one per clip, swaying left and right; the smoothed
   top emotion per frame with --detect-every k against k = 1 (agreement), and each clip's most
   frequent emotion against its label (accuracy), with frames/s.
@@ -122,13 +126,8 @@ def sfew_sprites(data: Path, n: int, seed: int = 0, height: int = 220) -> List[T
     return out
 
 
-TRACKERS = {
-    "IoU only": {"look_min": 0.0, "regain_min": 2.0},  # no appearance veto, no regaining
-    "IoU + look (default)": {},
-}
-
-
-def bench_tracking(recognizer, folder: Path, data: Optional[Path], pairs: int) -> None:
+def tracking_scenes(data: Optional[Path], pairs: int):
+    """(title, actors, frames) of the tracking part: the sample head's scenes, then SFEW pairs crossing."""
     head = astronaut_head()
     scenes = [("sample head crossing its recoloured copy", crossing(head, recoloured(head), 90), 90),
               ("a head away for 20 frames (under --max-missed)",
@@ -139,6 +138,17 @@ def bench_tracking(recognizer, folder: Path, data: Optional[Path], pairs: int) -
         faces = sfew_sprites(data, 2 * pairs, seed=1)
         scenes += [(f"SFEW val pair {k + 1} crossing", crossing(faces[2 * k][0], faces[2 * k + 1][0], 90), 90)
                    for k in range(pairs)]
+    return scenes
+
+
+TRACKERS = {
+    "IoU only": {"look_min": 0.0, "regain_min": 2.0},  # no appearance veto, no regaining
+    "IoU + look (default)": {},
+}
+
+
+def bench_tracking(recognizer, folder: Path, data: Optional[Path], pairs: int) -> None:
+    scenes = tracking_scenes(data, pairs)
     totals = {name: defaultdict(int) for name in TRACKERS}
     print("| scene | tracker | visible | found | ID switches | fragments | swaps | false tracks |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
@@ -155,6 +165,63 @@ def bench_tracking(recognizer, folder: Path, data: Optional[Path], pairs: int) -
     if data is not None:
         for name, scores in totals.items():
             print(f"| all {len(scenes)} scenes | {name} | " + " | ".join(str(v) for v in scores.values()) + " |")
+
+
+def bench_grid(recognizer, folder: Path, data: Optional[Path], pairs: int) -> None:
+    """The tracker's settings tried on the tracking scenes (how the defaults were chosen): the
+    detections and looks of every frame are computed once, then each setting tracks them."""
+    import itertools
+
+    from utils.inference.sources import iter_inputs
+    from utils.inference.tracking import FaceTracker, appearance
+
+    clips = []
+    for k, (_, actors, n) in enumerate(tracking_scenes(data, pairs)):
+        frames, truth = render(actors, n)
+        path = write_video(folder / f"grid{k}.mp4", frames)
+        found = []
+        for item in iter_inputs([str(path)]):
+            faces = recognizer.predict(item.image)
+            found.append([(f.box, appearance(item.image, f.box)) for f in faces])
+        clips.append((found, truth))
+    print("\n| IoU to continue | look veto | missed frames | look to regain | ID switches | fragments | swaps |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for iou_min, look_min, max_missed, regain_min in itertools.product([0.3, 0.5], [0.4, 0.6], [30, 60], [0.7, 0.8]):
+        totals = defaultdict(int)
+        for found, truth in clips:
+            tracker = FaceTracker(iou_min=iou_min, look_min=look_min, max_missed=max_missed, regain_min=regain_min)
+            tracked = []
+            for faces in found:
+                tracks = tracker.update([b for b, _ in faces], [look for _, look in faces])
+                tracked.append([(b, t.id) for (b, _), t in zip(faces, tracks)])
+            for key, value in score_tracks(tracked, truth).items():
+                totals[key] += value
+        print(f"| {iou_min} | {look_min} | {max_missed} | {regain_min} | {totals['id_switches']} | "
+              f"{totals['fragments']} | {totals['swaps']} |")
+
+
+def bench_looks(recognizer, folder: Path, data: Path) -> None:
+    """How far the appearance histogram tells faces apart: one face over a clip's frames against
+    pairs of different SFEW faces."""
+    from PIL import Image
+
+    from utils.inference.sources import iter_inputs
+    from utils.inference.tracking import appearance
+
+    pictures, _ = render(drifting(astronaut_head(), 90), 90)
+    path = write_video(folder / "looks.mp4", pictures)
+    looks = []
+    for item in iter_inputs([str(path)]):
+        faces = recognizer.predict(item.image)
+        if faces:
+            looks.append(appearance(item.image, faces[0].box))
+    same = [float(looks[0] @ look) for look in looks[1:]]
+    files = sorted((data / "sfew" / "val").glob("*/*.png"))[:60]
+    others = np.array([appearance(np.asarray(Image.open(f).convert("RGB")), (20, 30, 100, 120)) for f in files])
+    pairs = (others @ others.T)[np.triu_indices(len(others), 1)]
+    print(f"\nlook similarity: the sample head against its first frame over 90 frames: median "
+          f"{np.median(same):.2f} (5th percentile {np.percentile(same, 5):.2f}); {len(pairs)} pairs of different "
+          f"SFEW val faces: median {np.median(pairs):.2f}, 90th percentile {np.percentile(pairs, 90):.2f}")
 
 
 def bench_speed(recognizer, folder: Path, frames: int, everies: Sequence[int]) -> None:
@@ -230,7 +297,8 @@ def main() -> None:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--checkpoint", default=None, help="model (default: the project's default model)")
     p.add_argument("--data", type=Path, default=None, help="../shared/data, for the SFEW parts")
-    p.add_argument("--parts", nargs="+", default=["tracking", "speed", "every"], choices=["tracking", "speed", "every"])
+    p.add_argument("--parts", nargs="+", default=["tracking", "speed", "every"],
+                   choices=["tracking", "speed", "every", "grid", "looks"])
     p.add_argument("--frames", type=int, default=300, help="frames of the speed clip")
     p.add_argument("--every", type=int, nargs="+", default=[1, 2, 3, 5], help="--detect-every values")
     p.add_argument("--pairs", type=int, default=10, help="SFEW pairs for the tracking part")
@@ -246,6 +314,10 @@ def main() -> None:
         folder = Path(tmp)
         if "tracking" in args.parts:
             bench_tracking(recognizer, folder, args.data, args.pairs)
+        if "grid" in args.parts:
+            bench_grid(recognizer, folder, args.data, args.pairs)
+        if "looks" in args.parts and args.data is not None:
+            bench_looks(recognizer, folder, args.data)
         if "speed" in args.parts:
             bench_speed(recognizer, folder, args.frames, args.every)
         if "every" in args.parts:

@@ -211,3 +211,23 @@ def test_carried_detections_keep_landmarks_for_alignment():
     stream.step(np.zeros((50, 50, 3), np.uint8), 0.0)
     payload = stream.tracker.tracks[0].payload
     assert isinstance(payload, Detection) and payload.box == (10.0, 10.0, 50.0, 50.0)
+
+
+def test_a_webcam_is_tracked_on_the_clock_and_detect_every_carries_boxes(clips, checkpoint, cache_dir, monkeypatch,
+                                                                          capsys):
+    """`--params 0` with a clip standing in for OpenCV's camera 0: the same tracks and smoothing;
+    with --detect-every 3 two frames in three keep the last boxes."""
+    import utils.inference.sources as sources
+
+    real = cv2.VideoCapture
+    monkeypatch.setattr(sources.cv2, "VideoCapture",
+                        lambda source: real(str(clips["crossing"][0]) if source == 0 else source))
+    code, stdout, _ = run_predict(["--params", "0", "--max-frames", "9", "--detect-every", "3", "--json",
+                                   "--checkpoint", str(checkpoint), "--cache-dir", str(cache_dir)], capsys)
+    records = [json.loads(line) for line in stdout.splitlines()]
+    assert code == 0 and [r["input"] for r in records] == ["0"] * 9
+    times = [r["time"] for r in records]
+    assert times[0] >= 0 and all(b > a for a, b in zip(times, times[1:]))
+    sources_seen = [{f["box_source"] for f in r["faces"]} for r in records]
+    assert all(s == {"tracked"} for k, s in enumerate(sources_seen) if k % 3) and "tracked" not in sources_seen[0]
+    assert {f["track"] for r in records for f in r["faces"]} == {1, 2}
