@@ -144,7 +144,8 @@ def check_after_kill(folder: Path, what: str) -> None:
 
 def check_consistent(folder: Path, epochs: int) -> None:
     """A finished run: every file of the last epoch, the best files of the best epoch, no temp file."""
-    assert sorted(p.name for p in folder.iterdir()) == sorted(RUN_FILES), folder
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == sorted(RUN_FILES), (folder, names)
     last = load_checkpoint(folder / "last.pth")
     assert last["epoch"] == epochs
     assert [r["epoch"] for r in log_records(folder)] == list(range(1, epochs + 1))
