@@ -1,93 +1,67 @@
-"""Shared fixtures: tiny ImageFolder datasets built in tmp_path, the real data when present, and
-serve.py's model and process."""
-import contextlib
+"""The tests' fixtures: tiny ImageFolder datasets built in tmp_path, serve.py's model, the
+inference tests' model, photos and web server, and the process state every test starts from.
+
+Helpers that are not fixtures live in tests/helpers.py.
+"""
 import http.server
+import logging
 import os
-import threading
+import random
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
-# The inference tests' tiny DAN (64 px) and its classes; real faces come from the public-domain
-# astronaut photo (NASA, as shipped by scikit-image) in Data/samples/, several-face photos are
-# mosaics of it, and a local http.server on 127.0.0.1 stands in for the web.
-FACE_CLASSES = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
-ASTRONAUT = ROOT / "Data" / "samples" / "astronaut.jpg"
+from helpers import ASTRONAUT, local_http_server, make_checkpoint, make_image_folder, tiny_model
 
 # Two cores: keep torch from oversubscribing them while tests run.
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
-def make_image_folder(root: Path, classes, per_class: int = 4, size: int = 40, splits=("train", "val"),
-                      seed: int = 0, prefix: str = "") -> Path:
-    """Write `per_class` images per class and split; each class has its own mean colour so a
-    model can learn it."""
-    rng = np.random.default_rng(seed)
-    for split in splits:
-        for c, name in enumerate(classes):
-            folder = root / split / name
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(per_class):
-                base = np.full((size, size, 3), 40 + 50 * c, dtype=np.float64)
-                pixels = np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
-                Image.fromarray(pixels).save(folder / f"{prefix}{split}_{name}_{i}.png")
-    return root
+def _logger_levels() -> dict:
+    return {name: logger.level for name, logger in logging.Logger.manager.loggerDict.items()
+            if isinstance(logger, logging.Logger)}
 
 
+def _foreign_handlers(logger: logging.Logger, before) -> list:
+    """Handlers the test added (pytest's own capture handlers come and go by themselves)."""
+    return [h for h in logger.handlers if h not in before and not type(h).__module__.startswith("_pytest")]
+
+
+@pytest.fixture(autouse=True)
+def process_state(monkeypatch):
+    """Every test starts from, and leaves, the same process: torch's thread count, Python's,
+    NumPy's and torch's random state, deterministic-algorithm mode, and logging (the root
+    logger's level and handlers, every named logger's level). In-process train.py and test.py
+    runs keep glibc's allocator as it is: `setup_backend` tunes it for the whole process
+    (utils.misc.keep_freed_memory; tests/test_misc.py measures it in subprocesses)."""
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    root = logging.getLogger()
+    root_level, root_handlers, levels = root.level, list(root.handlers), _logger_levels()
+    monkeypatch.setattr("utils.misc.keep_freed_memory", lambda: False)
+    yield
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(deterministic)
+    random.setstate(states[0])
+    np.random.set_state(states[1])
+    torch.set_rng_state(states[2])
+    for handler in _foreign_handlers(root, root_handlers):
+        root.removeHandler(handler)
+    root.setLevel(root_level)
+    for name, logger in logging.Logger.manager.loggerDict.items():
+        if isinstance(logger, logging.Logger):
+            logger.setLevel(levels.get(name, logging.NOTSET))
+            for handler in _foreign_handlers(logger, []):
+                logger.removeHandler(handler)
+
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
 @pytest.fixture
 def tiny_data(tmp_path):
     return make_image_folder(tmp_path / "tiny", ["angry", "happy", "sad"], splits=("train", "val", "test"))
-
-
-def tiny_model(path: Path) -> Path:
-    """A random ResNet-18 for 32 px faces of three classes as a .safetensors model: for tests of
-    scripts that need some model but not a good one."""
-    from networks import build_model
-    from utils.checkpoint import save_safetensors
-
-    torch.manual_seed(0)
-    meta = {"model": "resnet18", "model_args": {"num_classes": 3}, "classes": ["angry", "happy", "sad"],
-            "img_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3}
-    save_safetensors(build_model("resnet18", num_classes=3).state_dict(), meta, path)
-    return path
-
-
-def tfjs_weights(arrays, bin_name: str):
-    """A TensorFlow.js weights manifest entry and .bin bytes for named float arrays, each stored as
-    uint8 the way TensorFlow.js quantises (q = round((v - min) / scale), value = min + scale * q),
-    and the float values those bytes decode to: (entry, bytes, {name: values})."""
-    weights, chunks, values = [], [], {}
-    for name, array in arrays.items():
-        lo, hi = float(array.min()), float(array.max())
-        scale = (hi - lo) / 255
-        q = np.round((array - lo) / scale).astype(np.uint8)
-        weights.append({"name": name, "shape": list(array.shape), "dtype": "float32",
-                        "quantization": {"dtype": "uint8", "scale": scale, "min": lo}})
-        chunks.append(q.tobytes())
-        values[name] = (q.astype(np.float64) * scale + lo).astype(np.float32)
-    return {"paths": [bin_name], "weights": weights}, b"".join(chunks), values
-
-
-@contextlib.contextmanager
-def local_http_server(handler):
-    """A threaded http.server with `handler` on 127.0.0.1 (a free port); yields its base URL."""
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    httpd.daemon_threads = True
-    httpd.block_on_close = False
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-
-
 @pytest.fixture(scope="session")
 def served_model(tmp_path_factory):
     """(tiny_model's file, an ONNX cache folder holding its export): made once for the server's tests."""
@@ -97,63 +71,27 @@ def served_model(tmp_path_factory):
     checkpoint = tiny_model(folder / "tiny.safetensors")
     cached_onnx(checkpoint, folder / "cache")
     return checkpoint, folder / "cache"
-
-
-def shared_or_skip(*parts) -> Path:
-    path = SHARED_DATA.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"{path} is not available")
-    return path
-
-
-# ---- inference: a tiny model, real photos, a local web server -------------------------------------
-
-def make_checkpoint(path: Path, model: str = "dan", img_size: int = 64, grayscale=None) -> Path:
-    """A random model whose probabilities are not one-hot (small classifier weights)."""
-    import torch
-
-    from networks import build_model
-    from utils.checkpoint import save_safetensors
-
-    torch.manual_seed(0)
-    args = {"num_classes": 7, "num_heads": 4} if model == "dan" else {"num_classes": 7}
-    net = build_model(model, **args)
-    classifier = net.fc if model == "dan" else net.backbone.get_classifier()
-    with torch.no_grad():
-        classifier.weight.mul_(0.02)
-    meta = {"model": model, "model_args": args, "classes": FACE_CLASSES, "img_size": img_size,
-            "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
-    if grayscale is not None:
-        meta["grayscale"] = grayscale
-    save_safetensors(net.state_dict(), meta, path, half=False)
-    return path
-
 @pytest.fixture(scope="session")
 def workdir(tmp_path_factory):
     return tmp_path_factory.mktemp("inference")
-
 @pytest.fixture(scope="session")
 def cache_dir(workdir):
     return workdir / "cache"
-
 @pytest.fixture(scope="session")
 def checkpoint(workdir):
     import torch
     torch.set_num_threads(1)
     return make_checkpoint(workdir / "dan64.safetensors")
-
 @pytest.fixture(scope="session")
 def recognizer(checkpoint, cache_dir):
     from utils.inference.recognizer import EmotionRecognizer
 
     return EmotionRecognizer(checkpoint, cache_dir=cache_dir, threads=1, detector="haar")
-
 @pytest.fixture(scope="session")
 def astronaut():
     """(480, 640, 3): the astronaut photo on a wider canvas, one face about 110 px wide."""
     image = Image.open(ASTRONAUT).convert("RGB").resize((640, 640)).crop((0, 80, 640, 560))
     return np.asarray(image)
-
 @pytest.fixture(scope="session")
 def photos(workdir, astronaut):
     """Files: a one-face JPEG, a grey PNG, an RGBA PNG, a four-face mosaic, a face-free image,
@@ -178,7 +116,6 @@ def photos(workdir, astronaut):
     data = (folder / "one.jpg").read_bytes()
     (folder / "truncated.jpg").write_bytes(data[: len(data) // 3])
     return folder
-
 class _Handler(http.server.BaseHTTPRequestHandler):
     image = b""
 
@@ -216,7 +153,6 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 self._send(404, b"missing", "text/plain", headers=[("Content-Length", "7")])
         except (BrokenPipeError, ConnectionResetError):  # the client gave up first, as it should
             pass
-
 @pytest.fixture(scope="session")
 def photo_server(photos):
     _Handler.image = (photos / "one.jpg").read_bytes()

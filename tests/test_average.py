@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import make_image_folder
+from helpers import make_image_folder
 from data.transforms import Normalize
 from networks import build_model
 from utils import average

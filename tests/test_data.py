@@ -6,7 +6,7 @@ import torch
 import torchvision
 from PIL import Image
 
-from conftest import make_image_folder
+from helpers import make_image_folder
 from data.classes import normalize_class_name
 from data.datasets import FaceFolder, collate_skip_none, find_datasets
 from data.loading import Batches, ShardedSampler, TensorCache, balanced_weights

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, shared_or_skip
+from helpers import ROOT, shared_or_skip
 from data.images import decode_image
 from data.transforms import Normalize
 from utils.checkpoint import load_model

@@ -6,7 +6,7 @@ import pytest
 
 import test as evaluate_script
 import train
-from conftest import make_image_folder, shared_or_skip
+from helpers import make_image_folder, shared_or_skip
 from utils.errors import UserError
 from utils.metrics import confusion_matrix, full_report, summarize
 

@@ -6,7 +6,7 @@ import torch
 
 from networks import build_model
 from utils.checkpoint import save_safetensors
-from conftest import FACE_CLASSES
+from helpers import FACE_CLASSES
 from utils.inference.export import EXPORT_VERSION, calibration_batches, export_int8, export_onnx, read_onnx_meta
 
 CLASSES = ["angry", "happy", "sad"]

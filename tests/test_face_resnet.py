@@ -26,7 +26,7 @@ from utils.errors import UserError
 from utils.faceapi import (MANIFEST, convert_faceapi, decode_weights, embed, load_face_resnet, read_source,
                            to_state_dict)
 
-from conftest import SHARED_DATA, tfjs_weights
+from helpers import SHARED_DATA, tfjs_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures" / "faceapi"

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 import predict
-from conftest import ASTRONAUT
+from helpers import ASTRONAUT
 from utils.errors import UserError
 from utils.inference.detectors import mtcnn_available
 from utils.inference.faces import Detection

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 import predict
-from conftest import local_http_server, tiny_model
+from helpers import local_http_server, tiny_model
 from utils.errors import UserError, run_cli
 from utils.inference.fetch import FetchLimits, fetch, fetch_image
 

@@ -22,7 +22,7 @@ from PIL import Image
 import predict
 import test as evaluate_script
 import train
-from conftest import ROOT, make_image_folder, tiny_model
+from helpers import ROOT, make_image_folder, tiny_model
 from data.datasets import FaceFolder
 from data.prepare import cli as prepare_cli
 from utils import convert

@@ -23,7 +23,7 @@ import pytest
 import torch
 
 import train
-from conftest import make_image_folder
+from helpers import make_image_folder
 from utils.checkpoint import FAULT_ENV, load_checkpoint
 from utils.errors import UserError, run_cli
 from utils.run_folder import RUN_FILES, RunFolder

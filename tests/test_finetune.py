@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import train
-from conftest import make_image_folder
+from helpers import make_image_folder
 from networks import build_criterion, build_model
 from utils.checkpoint import save_checkpoint, save_safetensors
 from utils.errors import UserError

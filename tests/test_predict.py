@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 import predict
-from conftest import FACE_CLASSES as CLASSES
-from conftest import make_checkpoint
+from helpers import FACE_CLASSES as CLASSES
+from helpers import check_record, make_checkpoint
 from utils.errors import UserError
 from utils.inference.recognizer import EmotionRecognizer
 
@@ -28,17 +28,6 @@ def run_predict(argv, capsys):
     out, err = capsys.readouterr()
     return code, out, err
 
-def check_record(record, classes=CLASSES):
-    """The documented JSON schema of one line."""
-    assert set(record) >= {"input", "frame", "faces", "error", "ms"}
-    assert isinstance(record["input"], str) and isinstance(record["ms"], float)
-    assert record["error"] is None or isinstance(record["error"], str)
-    for face in record["faces"]:
-        assert set(face) >= {"box", "emotion", "probabilities", "score", "landmarks"}
-        assert len(face["box"]) == 4 and all(isinstance(v, int) for v in face["box"])
-        assert list(face["probabilities"]) == classes
-        assert abs(sum(face["probabilities"].values()) - 1) < 1e-4
-        assert face["emotion"] == max(face["probabilities"], key=face["probabilities"].get)
 
 def test_cli_files_json_schema_and_failures(checkpoint, cache_dir, photos, capsys):
     names = ["one.jpg", "one.webp", "one.bmp", "grey.png", "rgba.png", "four.jpg", "noface.png", "truncated.jpg"]

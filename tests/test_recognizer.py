@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import FACE_CLASSES as CLASSES
-from conftest import make_checkpoint
+from helpers import FACE_CLASSES as CLASSES
+from helpers import make_checkpoint
 from utils.errors import UserError
 from utils.inference.recognizer import EmotionRecognizer, Face
 

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from benchmarks import bench_folder
-from conftest import ASTRONAUT
+from helpers import ASTRONAUT
 from utils.errors import UserError
 from utils.inference import reframe
 from utils.inference.detectors import build_detector

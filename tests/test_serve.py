@@ -22,8 +22,7 @@ from PIL import Image
 
 import predict
 import serve
-from conftest import ROOT, local_http_server
-from test_predict import check_record
+from helpers import ROOT, check_record, local_http_server
 from utils.errors import UserError
 from utils.inference.fetch import FetchLimits
 from utils.inference.recognizer import EmotionRecognizer

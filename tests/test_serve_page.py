@@ -16,7 +16,7 @@ import pytest
 import requests
 from PIL import Image
 
-from conftest import ROOT
+from helpers import ROOT
 from utils.server import serve_process
 
 ASTRONAUT = ROOT / "Data" / "samples" / "astronaut.jpg"

@@ -25,7 +25,7 @@ from utils.inference.detectors import build_detector, mtcnn_available
 from utils.inference.faces import fit, nms
 from utils.inference.tinyface import WEIGHTS, TinyFaceDetector, decode
 
-from conftest import tfjs_weights
+from helpers import tfjs_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures" / "faceapi"

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import train
-from conftest import ROOT, make_image_folder
+from helpers import ROOT, make_image_folder
 from utils import average
 from utils.checkpoint import load_checkpoint, load_model
 from utils.errors import UserError

@@ -16,7 +16,7 @@ from PIL import Image
 import predict
 from benchmarks.clips import astronaut_head, crossing, drifting, leave_and_return, recoloured, render, write_video
 from benchmarks.bench_video import score_tracks
-from conftest import FACE_CLASSES as CLASSES
+from helpers import FACE_CLASSES as CLASSES
 from utils.inference.faces import Detection
 from utils.inference.recognizer import Face
 from utils.inference.video import FaceStream, StreamRecord, timeline_columns

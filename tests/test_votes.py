@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_image_folder
+from helpers import make_image_folder
 from data.datasets import FaceFolder
 from data.votes import read_votes, vote_distribution
 from networks.losses import CECriterion, DANCriterion, classification_loss
