@@ -172,7 +172,7 @@ def make_ferplus_release(root: Path, cases=FERPLUS_CASES) -> tuple[Path, Path]:
     usages = [usage for usage, _ in cases]
     fer = make_fer_csv(root / "fer2013.csv", [(i % 7, fer_pixels(100 + i), usage) for i, usage in enumerate(usages)])
     votes = make_ferplus_csv(root / "fer2013new.csv", [vote for _, vote in cases], usages,
-                         faces=set(range(len(cases))) - {6})
+                             faces=set(range(len(cases))) - {6})
     return fer, votes
 
 

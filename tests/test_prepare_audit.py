@@ -84,7 +84,7 @@ def test_audit_finds_duplicates_conflicts_unreadable_and_near_copies(tmp_path):
 def test_audit_of_val_is_test_layout_is_clean(tmp_path):
     src = make_class_folders(tmp_path / "all", {"angry": 0, "happy": 0}, subjects=[f"S{i:03d}" for i in range(5)])
     run_prepare("folder", "--src", src, "--dst", tmp_path / "out", "--subject-regex", r"^(S\d+)_", "--folds", "5",
-             "--val-is-test")
+                "--val-is-test")
     report = audit(tmp_path / "out")
     assert report["val_is_test"] and not report["leaks"]
 
@@ -106,7 +106,7 @@ def _every_layout(tmp_path: Path) -> list[Path]:
     run_prepare("affectnet", "--src", make_affectnet_manual(tmp_path / "aff"), "--dst", tmp_path / "affectnet")
     photos = make_class_folders(tmp_path / "photos", {"happy": 0, "sad": 0}, subjects=[f"S{i:03d}" for i in range(6)])
     run_prepare("folder", "--src", photos, "--dst", tmp_path / "folder", "--subject-regex", r"^(S\d+)_", "--folds", "3",
-             "--val-is-test")
+                "--val-is-test")
     return [raf, ck, tmp_path / "merged", tmp_path / "fer", tmp_path / "affectnet", tmp_path / "folder"]
 
 

@@ -55,7 +55,7 @@ def test_fer2013_ferplus_plurality_relabels_and_drops(tmp_path):
              [10, 0, 0, 0, 0, 0, 0, 0, 0, 0]]  # not in FER+ (no image name): dropped
     make_ferplus_csv(tmp_path / "fer2013new.csv", votes, ["Training"] * 7, faces=range(6))
     run_prepare("fer2013", "--src", tmp_path / "fer2013.csv", "--dst", tmp_path / "out",
-             "--ferplus", tmp_path / "fer2013new.csv", "--val-fraction", "0")
+                "--ferplus", tmp_path / "fer2013new.csv", "--val-fraction", "0")
     labels = {Path(row["path"]).name: row["class"] for row in read_manifest(tmp_path / "out")}
     assert labels == {"fer0000000.png": "happy", "fer0000004.png": "contempt", "fer0000005.png": "sad"}
     assert {row["source"] for row in read_manifest(tmp_path / "out")} == {"ferplus"}
@@ -120,7 +120,7 @@ def test_merge_carries_votes_under_merged_names_and_the_class_map(tmp_path):
     run_prepare("fer2013", "--src", fer, "--dst", tmp_path / "fer2013", "--val-fraction", "0")  # no votes.csv
     merged = tmp_path / "merged"
     run_prepare("merge", "--src", tmp_path / "ferplus", tmp_path / "fer2013", "--dst", merged,
-             "--class-map", "angry=-,contempt=disgust")
+                "--class-map", "angry=-,contempt=disgust")
     with open(merged / "votes.csv", newline="") as f:
         rows = {row.pop("file"): row for row in csv.DictReader(f)}
     # contempt's votes follow its images to disgust; angry's go with its images

@@ -19,7 +19,7 @@ def test_folder_folds_are_subject_disjoint_and_cover_every_subject(tmp_path):
     for fold in range(5):
         dst = tmp_path / f"fold{fold}"
         run_prepare("folder", "--src", src, "--dst", dst, "--subject-regex", r"^(P\d+)_", "--folds", "5",
-                 "--fold", fold)
+                    "--fold", fold)
         by_split = subjects_by_split(dst)
         assert not (by_split["train"] & by_split["test"] or by_split["train"] & by_split["val"]
                     or by_split["val"] & by_split["test"])
@@ -28,13 +28,19 @@ def test_folder_folds_are_subject_disjoint_and_cover_every_subject(tmp_path):
     assert {label for _, label in count_layout(tmp_path / "fold0")} == {"happy", "fear", "surprise"}
 
 
-def test_folder_folds_csv_with_val_is_test(tmp_path):
+def _prepare_folds(tmp_path, *options) -> Path:
+    """Six subjects S000-S005 in folds 0, 1, 2, 0, 1, 2 (folds.csv), prepared with `options`."""
     subjects = [f"S{i:03d}" for i in range(6)]
     src = make_class_folders(tmp_path / "all", {"angry": 0, "happy": 0}, subjects=subjects)
     (tmp_path / "folds.csv").write_text("subject,fold\n" + "".join(f"{s},{i % 3}\n" for i, s in enumerate(subjects)))
     dst = tmp_path / "out"
     run_prepare("folder", "--src", src, "--dst", dst, "--subject-regex", r"^(S\d+)_", "--folds-csv",
-             tmp_path / "folds.csv", "--fold", "1", "--val-is-test")
+                tmp_path / "folds.csv", *options)
+    return dst
+
+
+def test_folder_folds_csv_with_val_is_test(tmp_path):
+    dst = _prepare_folds(tmp_path, "--fold", "1", "--val-is-test")
     by_split = subjects_by_split(dst)
     assert by_split["test"] == by_split["val"] == {"S001", "S004"}
     assert by_split["train"] == {"S000", "S002", "S003", "S005"}
@@ -42,21 +48,16 @@ def test_folder_folds_csv_with_val_is_test(tmp_path):
 
 
 def test_folder_folds_csv_with_a_val_fold(tmp_path):
-    subjects = [f"S{i:03d}" for i in range(6)]
-    src = make_class_folders(tmp_path / "all", {"angry": 0, "happy": 0}, subjects=subjects)
-    (tmp_path / "folds.csv").write_text("subject,fold\n" + "".join(f"{s},{i % 3}\n" for i, s in enumerate(subjects)))
-    dst = tmp_path / "out"
-    run_prepare("folder", "--src", src, "--dst", dst, "--subject-regex", r"^(S\d+)_", "--folds-csv",
-             tmp_path / "folds.csv", "--fold", "0", "--val-fold", "2")
+    dst = _prepare_folds(tmp_path, "--fold", "0", "--val-fold", "2")
     by_split = subjects_by_split(dst)
     assert by_split["test"] == {"S000", "S003"} and by_split["val"] == {"S002", "S005"}
     assert by_split["train"] == {"S001", "S004"}
     with pytest.raises(UserError, match="not a fold"):
-        run_prepare("folder", "--src", src, "--dst", tmp_path / "o2", "--subject-regex", r"^(S\d+)_", "--folds-csv",
-                 tmp_path / "folds.csv", "--fold", "0", "--val-fold", "7")
+        run_prepare("folder", "--src", tmp_path / "all", "--dst", tmp_path / "o2", "--subject-regex", r"^(S\d+)_",
+                    "--folds-csv", tmp_path / "folds.csv", "--fold", "0", "--val-fold", "7")
     with pytest.raises(UserError, match="must differ"):
-        run_prepare("folder", "--src", src, "--dst", tmp_path / "o3", "--subject-regex", r"^(S\d+)_", "--folds-csv",
-                 tmp_path / "folds.csv", "--fold", "0", "--val-fold", "0")
+        run_prepare("folder", "--src", tmp_path / "all", "--dst", tmp_path / "o3", "--subject-regex", r"^(S\d+)_",
+                    "--folds-csv", tmp_path / "folds.csv", "--fold", "0", "--val-fold", "0")
 
 
 def test_folder_without_subjects_is_stratified(tmp_path):
@@ -180,7 +181,7 @@ def test_every_extension_prepare_copies_is_loaded_by_face_folder(tmp_path):
     (src / "happy" / "notes.txt").write_text("not an image")
     dst = tmp_path / "prepared"
     assert run_prepare("folder", "--src", tmp_path / "faces", "--dst", dst, "--test-fraction", "0",
-                    "--val-fraction", "0.2") == 0
+                       "--val-fraction", "0.2") == 0
     written = sorted(p.suffix for p in dst.rglob("*") if p.is_file() and p.parent.parent.name in ("train", "val"))
     assert sorted(set(written)) == sorted(IMAGE_EXTENSIONS)
     loaded = len(FaceFolder([dst], "train", 32)) + len(FaceFolder([dst], "val", 32))

@@ -25,7 +25,7 @@ def test_shared_ck_plus_48_subject_folds(tmp_path):
     ck = _shared("ck_plus_48")
     dst = tmp_path / "ckplus48"
     run_prepare("folder", "--src", ck / "all", "--dst", dst, "--subject-regex", r"^(S\d+)_", "--folds-csv",
-             ck / "folds.csv", "--fold", "0", "--val-is-test", "--link")
+                ck / "folds.csv", "--fold", "0", "--val-is-test", "--link")
     by_split = subjects_by_split(dst)
     with open(ck / "folds.csv", newline="") as f:
         fold0 = {row["subject"] for row in csv.DictReader(f) if row["fold"] == "0"}
@@ -35,7 +35,7 @@ def test_shared_ck_plus_48_subject_folds(tmp_path):
     assert count_splits(dst)["train"] + count_splits(dst)["test"] == 981
 
     run_prepare("folder", "--src", ck / "all", "--dst", tmp_path / "computed", "--subject-regex", r"^(S\d+)_",
-             "--folds", "5", "--fold", "0", "--link")
+                "--folds", "5", "--fold", "0", "--link")
     by_split = subjects_by_split(tmp_path / "computed")
     for a, b in itertools.combinations(("train", "val", "test"), 2):
         assert not by_split[a] & by_split[b], f"{a} and {b} share subjects"
