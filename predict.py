@@ -37,7 +37,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help=f"model file: .safetensors, .pth or an exported .onnx "
                         f"(default {DEFAULT_CHECKPOINT.relative_to(ROOT)})")
     p.add_argument("--detector", default="auto", choices=sorted(DETECTORS),
-                   help="face detector: auto is mtcnn when installed, else haar; none classifies each whole "
+                   help="face detector: auto is tinyface-onet (the Tiny Face Detector's boxes, refined by MTCNN's last "
+                        "stage) when MTCNN's weights are installed, else haar; none classifies each whole "
                         "image as one face")
     p.add_argument("--no-detect", action="store_true", help="same as --detector none")
     add_fallback_args(p)

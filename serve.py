@@ -79,8 +79,7 @@ def resolve_workers(workers, threads, cores=None):
     overlap (one decodes or detects while another is classified), and each worker's model may use
     twice its share of the cores: a worker alone (one client) runs the mirrored pair of flip TTA on
     two cores, and a full pool oversubscribes the cores twice at most (ONNX Runtime's idle threads
-    do not spin). With TTA that answered one client faster than one thread per worker, and as
-    many requests per second at 2 and 8 clients (docs/serve.md, Speed)."""
+    do not spin). docs/serve.md (Speed) measures this against one thread per worker."""
     cores = cores or os.cpu_count() or 1
     workers = workers or cores
     return workers, threads or max(1, min(cores, 2 * cores // workers))

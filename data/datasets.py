@@ -68,7 +68,8 @@ class FaceFolder(Dataset):
         split: "train", "val" or "test".
         img_size: images are resized to img_size x img_size.
         classes: the class list to use (from training or a checkpoint); None takes the sorted
-            union of the class folders found. A class folder not in `classes` is an error.
+            union of the class folders found. A class folder not in `classes` is an error...
+        skip_unknown: ...unless this is set: then its images are left out (cross-dataset tests).
         grayscale: turn every image grey (three equal channels, ITU-R 601 luma as PIL's "L"),
             as prediction does for a model trained grey.
 

@@ -140,7 +140,7 @@ class DAN(nn.Module):
         self.num_heads = num_heads
         self.trunk_name = trunk
         self.trunk = build_trunk(trunk)
-        self.num_features = TRUNKS[trunk].channels  # 512 for ResNet-18
+        self.num_features = TRUNKS[trunk].channels  # C: 512 for ResNet-18, 256 for face_resnet
         self.heads = nn.ModuleList(CrossAttentionHead(self.num_features) for _ in range(num_heads))
         self.fc = nn.Linear(self.num_features, num_classes)
         self.bn = nn.BatchNorm1d(num_classes)
@@ -212,7 +212,7 @@ class GroupedDAN(DAN):
         z = sum(_grouped_conv_bn(y, [getattr(s, name) for s in spatial], self.training)
                 for name in ("conv3x3", "conv1x3", "conv3x1"))
         attention = F.relu(z).unflatten(1, (n, c)).sum(dim=2)  # (B, N, H, W)
-        pooled = attention.flatten(2) @ fmap.flatten(2).transpose(1, 2) / (h * w)  # (B, N, 512)
+        pooled = attention.flatten(2) @ fmap.flatten(2).transpose(1, 2) / (h * w)  # (B, N, C)
 
         def hidden_norm(hidden):  # the gates' BatchNorm1d layers as one call
             return _batch_norm(hidden.flatten(1), [g[1] for g in gates], self.training).view(b, n, -1)

@@ -151,11 +151,11 @@ class FusedDAN(nn.Module):
         self.reduce.bias = nn.Parameter(torch.cat([conv.bias.detach() for conv in reduce]))
         self.spatial.weight = nn.Parameter(torch.cat(merged_w).detach())
         self.spatial.bias = nn.Parameter(torch.cat(merged_b).detach())
-        # Channel attention as batched matrix products: (B, N, 1, 512) @ (N, 512, 32), and back.
-        self.gate_in = nn.Parameter(torch.stack([g[0].weight.detach().t() for g in gates]))  # (N, 512, 32)
+        # Channel attention as batched matrix products: (B, N, 1, C) @ (N, C, 32), and back.
+        self.gate_in = nn.Parameter(torch.stack([g[0].weight.detach().t() for g in gates]))  # (N, C, 32)
         self.gate_in_bias = nn.Parameter(torch.stack([g[0].bias.detach() for g in gates]))  # (N, 32)
-        self.gate_out = nn.Parameter(torch.stack([g[3].weight.detach().t() for g in gates]))  # (N, 32, 512)
-        self.gate_out_bias = nn.Parameter(torch.stack([g[3].bias.detach() for g in gates]))  # (N, 512)
+        self.gate_out = nn.Parameter(torch.stack([g[3].weight.detach().t() for g in gates]))  # (N, 32, C)
+        self.gate_out_bias = nn.Parameter(torch.stack([g[3].bias.detach() for g in gates]))  # (N, C)
         self.fc = fc
         self.eval()
 
@@ -166,10 +166,10 @@ class FusedDAN(nn.Module):
     def forward_head(self, fmap: torch.Tensor) -> ModelOutput:
         n, c = self.num_heads, self.num_features
         h, w = fmap.shape[2:]
-        y = F.relu(self.spatial(self.reduce(fmap)))  # (B, N*512, H, W)
+        y = F.relu(self.spatial(self.reduce(fmap)))  # (B, N*C, H, W)
         attention = y.unflatten(1, (n, c)).sum(dim=2)  # (B, N, H, W)
-        # mean over H, W of fmap * attention, for every head at once: (B, N, HW) @ (B, HW, 512)
-        pooled = attention.flatten(2) @ fmap.flatten(2).transpose(1, 2) / (h * w)  # (B, N, 512)
+        # mean over H, W of fmap * attention, for every head at once: (B, N, HW) @ (B, HW, C)
+        pooled = attention.flatten(2) @ fmap.flatten(2).transpose(1, 2) / (h * w)  # (B, N, C)
         heads = channel_gates(pooled, self.gate_in, self.gate_in_bias, self.gate_out, self.gate_out_bias)
         heads, logits = fuse_heads(heads, self.fc)
         return ModelOutput(logits, fmap.mean(dim=(2, 3)), heads, attention)

@@ -67,11 +67,13 @@ def test_grey_crops_unless_the_checkpoint_says_colour(recognizer, workdir, photo
 def test_missing_default_model_says_how_to_get_one(monkeypatch, tmp_path):
     import utils.inference.recognizer as rec
 
-    monkeypatch.setattr(rec, "DEFAULT_CHECKPOINT", tmp_path / "Data" / "dan_fer2013.safetensors")
+    monkeypatch.setattr(rec, "DEFAULT_CHECKPOINT", tmp_path / "Data" / "dan_wild.safetensors")
     monkeypatch.setattr(rec, "ROOT", tmp_path)
     with pytest.raises(UserError) as err:
         EmotionRecognizer()
-    assert "train.py" in str(err.value) and "--checkpoint" in str(err.value) and "\n" not in str(err.value)
+    message = str(err.value)
+    assert "git checkout -- Data/dan_wild.safetensors" in message and "--checkpoint" in message
+    assert "benchmarks/train_wild.sh" in message and "\n" not in message
 
 def test_flip_tta_averages_the_logits_of_each_face_and_its_mirror(recognizer):
     rng = np.random.default_rng(0)

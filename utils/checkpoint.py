@@ -5,9 +5,11 @@ A training checkpoint (`.pth`) is a plain dict of tensors, numbers, strings and 
 
     {"format": "fer-checkpoint", "version": 1,
      "meta": {"model": "dan", "model_args": {...}, "classes": [...], "img_size": 224,
-              "mean": [...], "std": [...]},
+              "mean": [...], "std": [...], and when known "grayscale", "converted_from",
+              "epoch", "val_accuracy", "temperature"},
      "state_dict": ..., "criterion": ..., "optimizer": ..., "scheduler": ..., "scaler": ...,
-     "epoch": int, "best_metric": float, "best_epoch": int, "history": [...], "args": {...}}
+     "epoch": int, "best_metric": float, "best_epoch": int, "history": [...], "args": {...},
+     "metrics": {...}}                   (metrics: the epoch's line of log.jsonl)
 
 A shipped model (`.safetensors`) holds the weights (fp16 or fp32) and the same "meta" as
 JSON in the safetensors header. Both are loaded by `load_model`.

@@ -59,11 +59,10 @@ def keep_freed_memory() -> bool:
     """Make glibc's malloc keep freed memory for reuse instead of handing it back to the kernel.
 
     By default every tensor over the mmap threshold (at most 32 MiB) is a fresh mmap, and freed
-    heap tops are trimmed, so each training step page-faults its activations in again: here
-    16,000 (DAN, 112 px) to 794,000 (EfficientNet-B3, 224 px) minor faults per step, up to half
-    the step spent in the kernel. With large blocks served from the heap, no trimming and a
-    256 MiB top pad the faults are gone (what that is worth: docs/speed.md). The process keeps
-    its peak memory until it exits, which suits training and evaluation.
+    heap tops are trimmed, so each training step page-faults its activations in again. With large
+    blocks served from the heap, no trimming and a 256 MiB top pad the faults are gone (how many
+    there were, and what removing them is worth: docs/speed.md). The process keeps its peak
+    memory until it exits, which suits training and evaluation.
     Does nothing (returns False) off glibc, or with FER_MALLOC_TUNING=0 in the environment.
     """
     if os.environ.get("FER_MALLOC_TUNING", "1") == "0" or not sys.platform.startswith("linux"):

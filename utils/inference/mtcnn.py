@@ -66,11 +66,11 @@ def _regress(boxes: np.ndarray, reg: np.ndarray, plus_one: bool = True) -> np.nd
 class MTCNN:
     """Face boxes with five landmarks, from three small networks in ONNX Runtime.
 
-    The defaults (a 480-pixel view, faces from 24 pixels there: 32 in a 640x480 photo) found
-    every face the 640-pixel, 20-pixel setting found in benchmarks/bench_detectors.py, in a third
-    of the time. A 320-pixel view is searched first: a photo whose faces are all large there (48
-    pixels and more, 96 in a 640x480 photo: a portrait, a webcam) is answered from it, in half
-    the time; any other photo is searched again at 480 pixels (docs/serve.md, Speed).
+    The photo is searched at `max_side` pixels, for faces from `min_face` pixels there. A
+    `coarse_side` view is searched first: a photo whose faces are all large there (a portrait, a
+    webcam) is answered from it; any other photo is searched again at `max_side`. How these
+    defaults were chosen, and what each costs: docs/predict.md (Face detectors compared) and
+    docs/serve.md (Speed).
 
     Args:
         min_face: smallest face side searched for, in pixels at the detection scale.

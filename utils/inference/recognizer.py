@@ -142,9 +142,8 @@ def resolve_checkpoint(checkpoint) -> Path:
     if DEFAULT_CHECKPOINT.is_file():
         return DEFAULT_CHECKPOINT
     rel = DEFAULT_CHECKPOINT.relative_to(ROOT)
-    raise UserError(f"the default model {rel} does not exist yet: train one with "
-                    f"`python3 train.py --model dan --data Data/fer2013 --output runs/dan_fer2013` and copy "
-                    f"runs/dan_fer2013/best.safetensors to {rel}, or pass --checkpoint PATH")
+    raise UserError(f"the default model {rel} is missing (it ships with the repository: `git checkout -- {rel}` "
+                    f"restores it; benchmarks/train_wild.sh is how it was made), or pass --checkpoint PATH")
 
 
 class EmotionRecognizer:
