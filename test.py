@@ -26,6 +26,7 @@ from utils.paths import DEFAULT_MODEL, ROOT
 from utils.plots import plot_confusion, plot_reliability, plot_tsne
 
 log = logging.getLogger("test")
+MIN_TSNE = 5
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -214,7 +215,12 @@ def main(args) -> dict:
                    title=f"{split}:")
     plot_reliability(calibration_bins(probs, result["labels"]), out / "reliability.png", title=f"{split}:",
                      ece=report["calibration"]["ece"])
-    if not args.no_tsne:
+    if args.no_tsne:
+        pass
+    elif len(result["labels"]) < MIN_TSNE:  # t-SNE needs a perplexity below the number of points
+        log.warning("t-SNE needs at least %d images and this split has %d: tsne.png is not drawn", MIN_TSNE,
+                    len(result["labels"]))
+    else:
         plot_tsne(result["features"], result["labels"], meta["classes"], out / "tsne.png")
     with open(out / "predictions.csv", "w", newline="") as f:
         writer = csv.writer(f)

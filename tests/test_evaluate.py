@@ -72,6 +72,16 @@ def test_evaluation_writes_table_metrics_plots_and_predictions(trained, capsys):
     assert correct / 24 == pytest.approx(metrics["accuracy"])
 
 
+def test_a_split_too_small_for_t_sne_is_evaluated_without_it(trained, tmp_path, capsys):
+    root, _, _ = trained
+    data = make_image_folder(tmp_path / "two", ["angry", "happy"], per_class=1, splits=("val",), seed=3)
+    run_test("--checkpoint", root / "run" / "best.pth", "--data", data, "--output", tmp_path / "out",
+             "--device", "cpu", "--workers", "0")
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["images"] == 2
+    assert (tmp_path / "out" / "confusion_matrix.png").is_file() and not (tmp_path / "out" / "tsne.png").exists()
+    assert "t-SNE needs at least 5 images and this split has 2: tsne.png is not drawn" in capsys.readouterr().err
+
+
 def test_flip_tta_runs(trained):
     root, a, _ = trained
     report = run_test("--checkpoint", root / "run" / "best.pth", "--data", a, "--output", root / "tta", "--tta",

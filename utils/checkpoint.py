@@ -108,7 +108,7 @@ class ModelMeta:
 
 def validate_meta(meta: Dict[str, Any], source) -> None:
     """Check a file's metadata before anything is built from it: a known model whose constructor
-    takes these arguments, then the values every reader uses (utils.files.check_meta_values).
+    takes these arguments, then the values every reader uses (utils.meta.check_meta_values).
     Raises UserError naming the value."""
     model, args = meta["model"], meta["model_args"]
     if model not in MODELS:
