@@ -462,3 +462,18 @@ def test_resume_without_keep_leaves_the_epochs_folder_alone(tmp_path):
     save_checkpoint(ckpt, tmp_path / "last.pth")
     resume(tmp_path)
     assert not (tmp_path / "epochs").exists()
+
+
+def test_a_fresh_run_is_refused_a_folder_with_another_runs_log_or_best_files(tmp_path):
+    """Without this, the new run's log lines would follow the other run's in log.jsonl."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "log.jsonl").write_text('{"epoch": 7}\n')
+    (folder / "best.pth").write_bytes(b"x")
+    with pytest.raises(UserError, match=r"holds another run's log.jsonl, best.pth \(without its last.pth\)"):
+        RunFolder(folder).check()
+    (folder / "log.jsonl").write_text("")  # an empty log is no run's
+    with pytest.raises(UserError, match=r"another run's best.pth \("):
+        RunFolder(folder).check()
+    (folder / "best.pth").unlink()
+    RunFolder(folder).check()  # args.json, curves.png or notes alone do not hold a run

@@ -100,11 +100,21 @@ class RunFolder:
 
     def check(self, resumed: Optional[Path] = None) -> None:
         """Refuse to write into a folder that holds a run, unless that run's own last.pth is the
-        checkpoint `resumed` (a fresh run has None): a run never writes over another one."""
+        checkpoint `resumed` (a fresh run has None): a run never writes over another one. A fresh
+        run is also refused a folder holding another run's log or best files without its
+        last.pth: its log lines would follow the other run's."""
         last = self.path / "last.pth"
         if last.exists() and (resumed is None or not last.samefile(resumed)):
             raise UserError(f"{self.path} already holds a run; continue it with --resume {self.path} "
                             "or choose another --output")
+        if resumed is None and not last.exists():
+            log_file = self.path / "log.jsonl"
+            left = [name for name in ("best.pth", "best.safetensors") if (self.path / name).exists()]
+            if log_file.exists() and log_file.stat().st_size:
+                left.insert(0, "log.jsonl")
+            if left:
+                raise UserError(f"{self.path} holds another run's {', '.join(left)} (without its last.pth); "
+                                "choose another --output, or move those files away")
 
     def start(self, args: Dict[str, Any], resume: Optional[Dict[str, Any]] = None,
               resumed: Optional[Path] = None) -> None:
