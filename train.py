@@ -20,8 +20,8 @@ from torch.nn.parallel import DistributedDataParallel
 from data.datasets import FaceFolder, find_datasets
 from data.loading import Batches, ShardedSampler, TensorCache, balanced_weights, source_repeats
 from data.transforms import PRESETS, AugmentConfig, Normalize, TrainAugment
-from networks import (MODELS, TRUNKS, build_criterion, build_model, default_input, default_pretrained,
-                      min_input_size)
+from networks import (MODELS, TRUNKS, build_criterion, build_model, default_input, default_pretrained, min_input_size,
+                      model_spec)
 from networks.dan import group_heads
 from utils.checkpoint import ModelMeta, load_backbone, load_checkpoint, load_state_strict, training_checkpoint
 from utils.distributed import cleanup, init_distributed
@@ -157,7 +157,7 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
         args.epochs = DEFAULT_EPOCHS
     if args.grayscale and (args.colour_aug or args.grey_prob):
         raise UserError("--colour-aug and --grey-prob are for colour training; drop them or --grayscale")
-    if args.trunk is not None and args.model != "dan":
+    if args.trunk is not None and "trunk" not in model_spec(args.model).options:
         raise UserError(f"--trunk applies to --model dan; {args.model} has its own trunk "
                         "(--model face_resnet is the plain classifier on the face_resnet trunk)")
     if args.img_size is None:
@@ -381,10 +381,11 @@ def open_run(args: argparse.Namespace, resume: Optional[dict], dist_info) -> Run
 
 def model_arguments(args: argparse.Namespace, classes) -> dict:
     model_args = {"num_classes": len(classes)}
-    if args.model == "dan":
+    options = model_spec(args.model).options
+    if "num_heads" in options:
         model_args["num_heads"] = args.num_heads
-        if args.trunk not in (None, "resnet18"):
-            model_args["trunk"] = args.trunk  # absent for ResNet-18, as in files written before trunks
+    if "trunk" in options and args.trunk not in (None, options["trunk"]):
+        model_args["trunk"] = args.trunk  # absent for the default trunk, as in files written before trunks
     return model_args
 
 
@@ -420,7 +421,7 @@ def build_training(args: argparse.Namespace, train_set: FaceFolder, iters: int, 
     if args.pretrained and fresh:
         load_backbone(model, args.pretrained)
     grouped = args.grouped_heads
-    if args.model == "dan" and (grouped if grouped is not None else rt.device.type == "cuda"):
+    if model_spec(args.model).heads and (grouped if grouped is not None else rt.device.type == "cuda"):
         model = group_heads(model)  # a DAN subclass with the same state dict: checkpoints stay plain DAN
     criterion = build_criterion(args.model, model, args.label_smoothing, args.lambda_aff, args.lambda_part)
     grayscale = args.grayscale if args.grayscale is not None else is_grayscale(train_set)

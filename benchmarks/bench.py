@@ -50,7 +50,7 @@ from torch import nn
 from data.datasets import FaceFolder
 from data.loading import Batches, ShardedSampler, TensorCache
 from data.transforms import PRESETS, Normalize, TrainAugment
-from networks import build_criterion, build_model, fuse
+from networks import build_criterion, build_model, fuse, model_spec
 from networks.dan import group_heads
 from utils.checkpoint import load_model
 from utils.distributed import DistInfo
@@ -295,7 +295,7 @@ class Trainer:
         augment = TrainAugment(PRESETS["rafdb"], Normalize())
         with peak_memory(s.device, self.memory):
             torch.manual_seed(0)
-            options = {"num_heads": 4} if setup.model == "dan" else {}
+            options = dict(model_spec(setup.model).options)
             model = build_model(setup.model, num_classes=len(CLASSES), **options)
             if setup.grouped:
                 model = group_heads(model)

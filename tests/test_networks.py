@@ -98,3 +98,47 @@ def test_efficientnet_pretrained_from_timm_state_dict(tmp_path):
     load_backbone(model, str(tmp_path / "efficientnet_b3.pth"))
     assert torch.equal(model.backbone.conv_stem.weight, source.backbone.conv_stem.weight)
     assert model.backbone.get_classifier().out_features == 7
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_each_models_spec_describes_the_model_it_builds(name):
+    """The spec is what train.py, the checkpoint loader, the recognizer and the benchmarks read:
+    it must say what the built model really does."""
+    from networks import SPECS, default_input, spec_of
+    from networks.losses import DANCriterion
+
+    spec = SPECS[name]
+    model = build_model(name, num_classes=3, **spec.options).eval()
+    assert spec_of(model) is spec
+    assert hasattr(model, spec.backbone) and isinstance(getattr(model, spec.backbone), torch.nn.Module)
+    size = max(default_input(name).img_size // 2, min_input_size(name))
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, size, size))
+    assert (out.attention is not None) == spec.attention
+    assert isinstance(build_criterion(name, model), DANCriterion) == (spec.criterion == "dan")
+    assert (spec.trunk is None) == (spec.input is not None)  # one place says the input
+
+
+def test_grouped_dan_has_dans_spec_and_foreign_modules_are_refused():
+    from networks import SPECS, spec_of
+    from networks.dan import group_heads
+
+    assert spec_of(group_heads(build_model("dan", num_classes=3))) is SPECS["dan"]
+    with pytest.raises(UserError, match="not one of this project's models"):
+        spec_of(torch.nn.Linear(2, 2))
+
+
+def test_no_code_outside_networks_asks_a_models_name_or_class():
+    """Per-model knowledge is in networks.SPECS: code elsewhere reads the spec (STYLE.md, habit 2)."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    classes = "DAN|GroupedDAN|EfficientNetB3|ResNet18|FaceResNetClassifier|FaceResNetTrunk"
+    pattern = re.compile(r"""[=!]=\s*["'](dan|efficientnet_b3|resnet18|face_resnet)["']|isinstance\([^)]*\b(%s)\b"""
+                         % classes)
+    files = [root / f"{s}.py" for s in ("train", "test", "predict", "serve")]
+    files += [p for d in ("utils", "data", "benchmarks") for p in (root / d).rglob("*.py")]
+    found = [f"{p.relative_to(root)}:{i}" for p in files for i, line in enumerate(p.read_text().splitlines(), 1)
+             if pattern.search(line)]
+    assert found == []

@@ -38,8 +38,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from networks import MODELS, EfficientNetB3, build_model, default_input
-from networks.face_resnet import FaceResNetTrunk, fold_scales
+from networks import MODELS, build_model, default_input, loaded_backbone, spec_of
 from utils.errors import UserError, first_line
 from utils.meta import check_meta_values, parse_meta
 
@@ -396,13 +395,13 @@ def load_backbone(model: nn.Module, path) -> None:
         UserError: naming the missing and unexpected keys, or mismatched shapes.
     """
     state = read_state_dict(path, "start from it with train.py --init, which takes a whole model")
-    target, skip = (model.backbone, "classifier.") if isinstance(model, EfficientNetB3) else (model.trunk, "fc.")
+    spec = spec_of(model)
+    target, skip = getattr(model, spec.backbone), spec.skip
     state = {k: v for k, v in state.items() if not k.startswith(skip)}
     own = {k: v for k, v in target.state_dict().items() if not k.startswith(skip)}
     check_keys(own, state, path, f"the {type(model).__name__} backbone")
     target.load_state_dict(state, strict=False)
-    if isinstance(target, FaceResNetTrunk):
-        fold_scales(target, drop=False)
+    loaded_backbone(target)
 
 
 def load_state_strict(model: nn.Module, state: Dict[str, torch.Tensor], source) -> None:

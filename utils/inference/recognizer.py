@@ -103,6 +103,7 @@ class OnnxRunner:
             raise UserError(f"{path}: onnxruntime cannot load it ({first_line(err)})") from None
         self.meta = read_onnx_meta(self.session)
         self.outputs = [o.name for o in self.session.get_outputs()]
+        self.has_attention = "attention" in self.outputs
 
     def __call__(self, x: np.ndarray) -> Dict[str, np.ndarray]:
         return dict(zip(self.outputs, self.session.run(self.outputs, {"input": x})))
@@ -114,6 +115,7 @@ class TorchRunner:
     def __init__(self, checkpoint, device: str = "cpu", threads: int = 2):
         import torch  # the torch backend only: the ONNX path runs without torch
 
+        from networks import spec_of  # torch: as above
         from utils.checkpoint import load_model  # torch: as above
         from utils.misc import resolve_device  # torch: as above
 
@@ -121,6 +123,7 @@ class TorchRunner:
         if self.device.type == "cpu" and threads > 0:
             torch.set_num_threads(threads)
         self.model, self.meta = load_model(checkpoint, self.device)
+        self.has_attention = spec_of(self.model).attention
 
     def __call__(self, x: np.ndarray) -> Dict[str, np.ndarray]:
         torch = self.torch
@@ -209,9 +212,7 @@ class EmotionRecognizer:
     @property
     def has_attention(self) -> bool:
         """Whether the model gives spatial-attention maps (DAN)."""
-        if isinstance(self.runner, OnnxRunner):
-            return "attention" in self.runner.outputs
-        return self.meta["model"] == "dan"
+        return self.runner.has_attention
 
     def load(self, image: ImageLike) -> np.ndarray:
         """Any accepted image form -> RGB uint8 (H, W, 3)."""
