@@ -40,7 +40,7 @@ from torch import nn
 
 from networks import MODELS, build_model, default_input, loaded_backbone, spec_of
 from utils.errors import UserError, first_line
-from utils.meta import check_meta_values, parse_meta
+from utils.meta import META_KEY, check_meta_values, parse_meta
 
 FORMAT = "fer-checkpoint"
 
@@ -283,7 +283,7 @@ def save_safetensors(state_dict: Dict[str, torch.Tensor], meta: Dict[str, Any], 
         if half and v.is_floating_point() and "running_var" not in k:
             v = v.half()
         tensors[k] = v.contiguous()
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"fer": json.dumps(meta)}))
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={META_KEY: json.dumps(meta)}))
 
 
 def update_meta(path, meta: Dict[str, Any]) -> None:
@@ -291,7 +291,7 @@ def update_meta(path, meta: Dict[str, Any]) -> None:
     path = Path(path)
     if path.suffix == ".safetensors":
         tensors, _ = read_safetensors(path)
-        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"fer": json.dumps(meta)}))
+        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={META_KEY: json.dumps(meta)}))
     else:
         ckpt = load_checkpoint(path)
         ckpt["meta"] = meta
@@ -314,9 +314,9 @@ def read_weights(path) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
         raise UserError(f"checkpoint {path} not found")
     if path.suffix == ".safetensors":
         state, header = read_safetensors(path)
-        if "fer" not in header:
+        if META_KEY not in header:
             raise UserError(f"{path} has no project metadata; convert it with python3 -m utils.convert")
-        meta = parse_meta(header["fer"], path)
+        meta = parse_meta(header[META_KEY], path)
     else:
         ckpt = load_checkpoint(path)
         state, meta = ckpt["state_dict"], ckpt["meta"]
@@ -358,7 +358,7 @@ def read_state_dict(path, own_file_hint: str) -> Dict[str, torch.Tensor]:
         raise UserError(f"{path} not found")
     if path.suffix == ".safetensors":
         state, header = read_safetensors(path)
-        if "fer" in header and json.loads(header["fer"]).get("kind") != "trunk":
+        if META_KEY in header and json.loads(header[META_KEY]).get("kind") != "trunk":
             raise UserError(f"{path} is a model of this project: {own_file_hint}")
         return state
     try:

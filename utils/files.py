@@ -5,6 +5,8 @@ import json
 from pathlib import Path
 from typing import Any, Dict
 
+from utils.meta import META_KEY
+
 
 def file_digest(path) -> str:
     """SHA-256 of a file's bytes, hex (read in 1 MiB blocks; hashlib.file_digest needs Python 3.11)."""
@@ -15,8 +17,7 @@ def file_digest(path) -> str:
     return h.hexdigest()
 
 
-# The metadata key of every ONNX file this project writes (exported models, the face detector).
-META_KEY = "fer"
+__all__ = ["META_KEY", "file_digest", "save_with_meta"]
 
 
 def save_with_meta(proto, meta: Dict[str, Any], path) -> None:

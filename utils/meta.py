@@ -6,6 +6,9 @@ from typing import Any, Dict
 
 from utils.errors import UserError
 
+# The key under which every model file of this project holds its metadata (JSON): in a
+# safetensors header and in an ONNX file's metadata (exported models, the face detector).
+META_KEY = "fer"
 MAX_CLASSES = 100_000
 IMG_SIZES = (16, 2048)
 

@@ -33,6 +33,7 @@ from safetensors import safe_open
 from utils.checkpoint import (atomic_write, fault_point, load_checkpoint, remove_stale_temps, save_checkpoint,
                               save_safetensors)
 from utils.errors import UserError
+from utils.meta import META_KEY
 from utils.misc import strict_json
 from utils.plots import plot_history
 
@@ -219,7 +220,7 @@ def _epoch(path: Path) -> Optional[int]:
         if path.suffix == ".safetensors":
 
             with safe_open(str(path), framework="pt") as f:
-                return json.loads((f.metadata() or {})["fer"])["epoch"]
+                return json.loads((f.metadata() or {})[META_KEY])["epoch"]
         # mmap: only the few bytes read are loaded, not the weights
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)["epoch"]
     except Exception:

@@ -221,8 +221,8 @@ def model_info(recognizer) -> dict:
     return {"checkpoint": recognizer.checkpoint.name, "sha256": file_digest(recognizer.checkpoint),
             "model": meta.get("model"), "classes": recognizer.classes, "img_size": recognizer.img_size,
             "grayscale": recognizer.grayscale, "temperature": recognizer.temperature, "tta": recognizer.tta,
-            "detector": getattr(recognizer.detector, "name", type(recognizer.detector).__name__), "backend": recognizer.backend,
-            "palette": PALETTE, "colours": emotion_colours(recognizer.classes)}
+            "detector": getattr(recognizer.detector, "name", type(recognizer.detector).__name__),
+            "backend": recognizer.backend, "palette": PALETTE, "colours": emotion_colours(recognizer.classes)}
 
 
 async def _read_body(request, limit: int, slack: int = 0) -> AsyncIterator[bytes]:
@@ -328,7 +328,8 @@ def _predict_schema() -> dict:
         "application/json": {"schema": {"type": "object", "properties": {"url": {"type": "string"}},
                                         "required": ["url"]}},
     }}, "parameters": [{
-        "name": "session", "in": "query", "required": False, "schema": {"type": "string", "pattern": SESSION_ID.pattern},
+        "name": "session", "in": "query", "required": False,
+        "schema": {"type": "string", "pattern": SESSION_ID.pattern},
         "description": "a live video's id (the page makes one per webcam start): faces get a track id, followed "
                        "from the session's earlier frames, and probabilities smoothed over time"}]}
 

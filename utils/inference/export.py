@@ -3,7 +3,7 @@
 The graph takes `input`, a float32 (B, 3, S, S) batch normalised with the checkpoint's mean and
 std, B free, and returns `logits` (B, C) and, for DAN, `attention` (B, N, h, w): each head's
 spatial-attention map on the trunk grid (7x7 at 224 px). The checkpoint's metadata (model,
-model_args, classes, img_size, mean, std) is stored as JSON under the ONNX metadata key "fer",
+model_args, classes, img_size, mean, std) is stored as JSON under the ONNX metadata key META_KEY ("fer"),
 so an exported file is a complete model on its own.
 
     python3 -m utils.export_onnx --checkpoint runs/dan/best.safetensors --out Data/dan.onnx
@@ -197,7 +197,7 @@ def cached_onnx(checkpoint, cache_dir: Optional[Path] = None, transform: Callabl
 
 
 def read_onnx_meta(session_or_path) -> Dict[str, Any]:
-    """The "fer" metadata of an exported model (an onnxruntime session or a path)."""
+    """The metadata (META_KEY) of an exported model (an onnxruntime session or a path)."""
     if isinstance(session_or_path, (str, Path)):
         session_or_path = ort.InferenceSession(str(session_or_path), session_options(1),
                                                providers=["CPUExecutionProvider"])
