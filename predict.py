@@ -16,15 +16,15 @@ import sys
 import time
 from typing import Optional
 
-from utils.errors import ArgumentParser, UserError, number, run_cli
-from utils.inference.annotate import AnnotationWriter
-from utils.inference.detectors import DETECTORS
-from utils.inference.fallback import PADDED, WHOLE_IMAGE, add_fallback_args, fallback_from_args
-from utils.inference.fetch import add_limit_args, limits_from_args
-from utils.inference.recognizer import BACKENDS, DEFAULT_CHECKPOINT, ROOT, EmotionRecognizer
-from utils.inference.sources import Input, iter_inputs, record
-from utils.inference.tracking import FaceTracker
-from utils.inference.video import FaceStream, StreamRecord, Timeline, VideoOut
+from common.errors import ArgumentParser, UserError, number, run_cli
+from inference.annotate import AnnotationWriter
+from inference.detectors import DETECTORS
+from inference.fallback import PADDED, WHOLE_IMAGE, add_fallback_args, fallback_from_args
+from inference.fetch import add_limit_args, limits_from_args
+from inference.recognizer import BACKENDS, DEFAULT_CHECKPOINT, ROOT, EmotionRecognizer
+from inference.sources import Input, iter_inputs, record
+from inference.tracking import FaceTracker
+from inference.video import FaceStream, StreamRecord, Timeline, VideoOut
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -136,7 +136,7 @@ def main(args) -> int:
         grayscale=args.grayscale, threads=args.threads, cache_dir=args.cache_dir, max_pixels=args.max_pixels,
         tta=args.tta, fallback=fallback_from_args(args))
     if args.attention and not recognizer.has_attention:
-        raise UserError(f"--attention needs a DAN checkpoint; {recognizer.checkpoint} is {recognizer.meta['model']}")
+        raise UserError(f"--attention needs a DAN checkpoint; {recognizer.checkpoint} is {recognizer.meta.model}")
     limits = limits_from_args(args)
     timeline = Timeline(args.timeline, recognizer.classes) if args.timeline else None
     videos = Videos(recognizer, args, timeline, video_out)

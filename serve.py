@@ -15,12 +15,12 @@ import sys
 
 import uvicorn
 
-from utils.errors import ArgumentParser, UserError, number, run_cli
-from utils.inference.detectors import DETECTORS
-from utils.inference.fallback import add_fallback_args, fallback_from_args
-from utils.inference.fetch import add_limit_args, limits_from_args
-from utils.inference.recognizer import DEFAULT_CHECKPOINT, ROOT, EmotionRecognizer
-from utils.server import HeaderDeadline, ServeOptions, create_app
+from common.errors import ArgumentParser, UserError, number, run_cli
+from inference.detectors import DETECTORS
+from inference.fallback import add_fallback_args, fallback_from_args
+from inference.fetch import add_limit_args, limits_from_args
+from inference.recognizer import DEFAULT_CHECKPOINT, ROOT, EmotionRecognizer
+from inference.server import HeaderDeadline, ServeOptions, create_app
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -135,7 +135,7 @@ def main(args) -> int:
     app = create_app(recognizer, options)
     sock = listen(args.host, args.port)
     host = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"serving {recognizer.checkpoint} ({recognizer.meta.get('model')}, {len(recognizer.classes)} classes, "
+    print(f"serving {recognizer.checkpoint} ({recognizer.meta.model}, {len(recognizer.classes)} classes, "
           f"{recognizer.img_size} px, {'grey' if recognizer.grayscale else 'colour'} faces; {workers} worker(s) x "
           f"{threads} thread(s)) at http://{host}:{sock.getsockname()[1]}/", flush=True)
     raise_open_files_limit(args.max_connections + 256)  # each connection is a file descriptor

@@ -12,17 +12,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common.errors import ArgumentParser, UserError, number, run_cli
+from common.meta import ModelMeta
+from common.paths import DEFAULT_MODEL, ROOT
 from data.datasets import FaceFolder, find_datasets
 from data.loading import Batches, ShardedSampler, TensorCache
 from data.transforms import Normalize
 from utils.checkpoint import load_model, update_meta
 from utils.engine import Precision, Runtime, evaluate
-from utils.errors import ArgumentParser, UserError, number, run_cli
-from utils.inference.faces import wants_grayscale
 from utils.metrics import (apply_temperature, calibration_bins, calibration_report, expected_calibration_error,
                            fit_temperature, format_table, full_report, mean_kl, multi_target_accuracy)
 from utils.misc import cpu_count, resolve_device, setup_backend, setup_logging
-from utils.paths import DEFAULT_MODEL, ROOT
 from utils.plots import plot_confusion, plot_reliability, plot_tsne
 
 log = logging.getLogger("test")
@@ -107,7 +107,7 @@ def check_outputs(out: Path, json_path, calibrated: Path, split: str) -> None:
                         "writable, or drop --calibrate")
 
 
-def calibrate(checkpoint: Path, meta: dict, result: dict, split: str) -> dict:
+def calibrate(checkpoint: Path, meta: ModelMeta, result: dict, split: str) -> ModelMeta:
     """Fit the temperature on `split` (val only: check_outputs refused others before the evaluation);
     store it in the checkpoint if it lowers the ECE.
 
@@ -121,9 +121,9 @@ def calibrate(checkpoint: Path, meta: dict, result: dict, split: str) -> dict:
           f"{100 * after:.2f}% at T = {temperature:.4f}")
     if after >= before:
         print("the temperature does not lower the calibration error: the checkpoint is left as it was")
-        return {**meta, "temperature": 1.0}
-    meta = {**meta, "temperature": round(temperature, 4), "calibration": {
-        "fitted_on": split, "ece_before": round(before, 5), "ece_after": round(after, 5)}}
+        return meta.replace(temperature=1.0)
+    meta = meta.replace(temperature=round(temperature, 4), calibration={
+        "fitted_on": split, "ece_before": round(before, 5), "ece_after": round(after, 5)})
     update_meta(checkpoint, meta)
     print(f"stored temperature {temperature:.4f} in {checkpoint}'s metadata (predict.py applies it)")
     return meta
@@ -176,26 +176,26 @@ def main(args) -> dict:
     out = Path(args.output) if args.output else checkpoint.parent / f"test-{split}"
     check_outputs(out, args.json, checkpoint if args.calibrate else None, split)
     # A model trained grey reads colour photos grey, as prediction feeds them to it.
-    dataset = FaceFolder(roots, split, meta["img_size"], classes=meta["classes"],
-                         skip_unknown=args.skip_unknown_classes, grayscale=wants_grayscale(meta))
+    dataset = FaceFolder(roots, split, meta.img_size, classes=meta.classes,
+                         skip_unknown=args.skip_unknown_classes, grayscale=meta.grey_input)
     exclude_classes(dataset, args.exclude_classes)
-    missing = sorted(set(meta["classes"]) - {dataset.classes[i] for i in np.unique(dataset.labels)})
+    missing = sorted(set(meta.classes) - {dataset.classes[i] for i in np.unique(dataset.labels)})
     if missing:
         log.info("the data has no images of %s: scored on its %d classes", missing,
-                 len(meta["classes"]) - len(missing))
+                 len(meta.classes) - len(missing))
     workers = args.workers if args.workers >= 0 else min(4, cpu_count())
     cache = TensorCache(dataset, torch.device("cpu"), workers, desc=f"loading {split}")
     batches = Batches(dataset, ShardedSampler(len(dataset), False), args.batch_size, cache)
     net = FlipTTA(model) if args.tta else model
-    result = evaluate(net, batches, Normalize(meta["mean"], meta["std"]),
+    result = evaluate(net, batches, Normalize(meta.mean, meta.std),
                       Runtime(device, Precision.choose(device, None), channels_last=True), desc=split,
                       keep_features=not args.no_tsne)
-    report = full_report(result["labels"], result["preds"], result["sources"], meta["classes"], dataset.sources)
+    report = full_report(result["labels"], result["preds"], result["sources"], meta.classes, dataset.sources)
     report.update({"checkpoint": str(checkpoint), "split": split, "tta": args.tta,
                    "data": [str(r) for r in roots], "excluded_classes": args.exclude_classes})
     if args.calibrate:
         meta = calibrate(checkpoint, meta, result, split)
-    probs = apply_temperature(result["probs"], meta.get("temperature", 1.0))
+    probs = apply_temperature(result["probs"], meta.softmax_temperature)
     report["calibration"] = calibration_report(probs, result["labels"])
     targets, from_votes = dataset.vote_targets(min_votes=1)  # the annotators as they voted
     if targets is not None and from_votes.any():
@@ -204,14 +204,14 @@ def main(args) -> dict:
             vote_kl=mean_kl(targets[result["indices"]][voted], probs[voted]),
             multi_target_accuracy=multi_target_accuracy(result["preds"][voted], targets[result["indices"]][voted]),
             images_with_votes=int(voted.sum()))
-    report["calibration"]["temperature"] = meta.get("temperature", 1.0)
+    report["calibration"]["temperature"] = meta.softmax_temperature
     print_report(report, split)
 
     (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
-    plot_confusion(np.array(report["confusion_matrix"]), meta["classes"], out / "confusion_matrix.png",
+    plot_confusion(np.array(report["confusion_matrix"]), meta.classes, out / "confusion_matrix.png",
                    title=f"{split}:")
     plot_reliability(calibration_bins(probs, result["labels"]), out / "reliability.png", title=f"{split}:",
                      ece=report["calibration"]["ece"])
@@ -221,14 +221,14 @@ def main(args) -> dict:
         log.warning("t-SNE needs at least %d images and this split has %d: tsne.png is not drawn", MIN_TSNE,
                     len(result["labels"]))
     else:
-        plot_tsne(result["features"], result["labels"], meta["classes"], out / "tsne.png")
+        plot_tsne(result["features"], result["labels"], meta.classes, out / "tsne.png")
     with open(out / "predictions.csv", "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["path", "source", "label", "prediction", "confidence"] + list(meta["classes"]))
+        writer.writerow(["path", "source", "label", "prediction", "confidence"] + list(meta.classes))
         for i, idx in enumerate(result["indices"]):
             sample = dataset.samples[idx]
-            writer.writerow([sample.path, dataset.sources[sample.source], meta["classes"][sample.label],
-                             meta["classes"][result["preds"][i]], f"{probs[i].max():.4f}"]
+            writer.writerow([sample.path, dataset.sources[sample.source], meta.classes[sample.label],
+                             meta.classes[result["preds"][i]], f"{probs[i].max():.4f}"]
                             + [f"{p:.4f}" for p in probs[i]])
     print(f"\nwrote {out}/metrics.json, confusion_matrix.png, reliability.png, "
           f"{'' if args.no_tsne else 'tsne.png, '}predictions.csv")

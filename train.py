@@ -17,17 +17,18 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from common.errors import ArgumentParser, UserError, number, run_cli
+from common.meta import ModelMeta
 from data.datasets import FaceFolder, find_datasets
 from data.loading import Batches, ShardedSampler, TensorCache, balanced_weights, source_repeats
 from data.transforms import PRESETS, AugmentConfig, Normalize, TrainAugment
 from networks import (MODELS, TRUNKS, build_criterion, build_model, default_input, default_pretrained, min_input_size,
-                      model_spec)
+                      model_meta, model_spec)
 from networks.dan import group_heads
-from utils.checkpoint import ModelMeta, load_backbone, load_checkpoint, load_state_strict, training_checkpoint
+from utils.checkpoint import load_backbone, load_checkpoint, load_state_strict, training_checkpoint
 from utils.distributed import cleanup, init_distributed
 from utils.engine import (BatchMix, Optimisation, Precision, Runtime, TrainInputs, TrainStep, evaluate,
                           nonfinite_tensor, train_one_epoch)
-from utils.errors import ArgumentParser, UserError, number, run_cli
 from utils.finetune import init_from
 from utils.metrics import confusion_matrix, summarize
 from utils.misc import cpu_count, default_workers, resolve_device, seed_everything, setup_backend, setup_logging
@@ -53,7 +54,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="input side; default the trunk's own: 224 (ResNet-18, EfficientNet-B3), 150 (face_resnet)")
     p.add_argument("--trunk", default=None, choices=sorted(TRUNKS),
                    help="DAN's trunk (default resnet18); face_resnet is dlib's face-recognition network, "
-                        "pretrained with the file python3 -m utils.convert --format faceapi-recognition writes")
+                        "pretrained with the file python3 -m tools.convert --format faceapi-recognition writes")
     p.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"])
     p.add_argument("--lr", type=number(float, 0, low_open=True), default=None,
                    help="default 0.1 for sgd, 1e-4 for adam")
@@ -105,7 +106,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="start a new run from this model's weights (.pth or .safetensors of this project); "
                         "rows of classes both know are carried over by name, new classes start fresh")
     p.add_argument("--keep-epochs", action="store_true",
-                   help="also keep every epoch's weights (epochs/epoch_NNN.safetensors, fp16) for utils.average")
+                   help="also keep every epoch's weights (epochs/epoch_NNN.safetensors, fp16) for tools.average")
     p.add_argument("--select", default="accuracy", choices=["accuracy", "source-mean"],
                    help="val metric that picks best.pth: overall accuracy, or the mean of the per-source "
                         "accuracies (so a small source counts as much as a large one)")
@@ -434,7 +435,7 @@ def build_training(args: argparse.Namespace, train_set: FaceFolder, iters: int, 
     optimizer = make_optimizer(step, args)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, iters, args))
     scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.precision.needs_scaler)
-    meta = ModelMeta.for_model(args.model, model_args, train_set.classes, args.img_size, grayscale=grayscale)
+    meta = model_meta(args.model, model_args, train_set.classes, args.img_size, grayscale=grayscale)
     return Training(model, criterion, step, step, Optimisation(optimizer, scheduler, scaler), meta)
 
 
@@ -443,8 +444,8 @@ def restore(t: Training, resume: Optional[dict], classes, source) -> Tuple[int, 
     weights, centres, optimiser, schedule and scaler put back."""
     if resume is None:
         return 1, -1.0, 0, []
-    if resume["meta"]["classes"] != classes:
-        raise UserError(f"the data's classes {classes} differ from the checkpoint's {resume['meta']['classes']}")
+    if resume["meta"].classes != classes:
+        raise UserError(f"the data's classes {classes} differ from the checkpoint's {resume['meta'].classes}")
     load_state_strict(t.model, resume["state_dict"], source)
     t.criterion.load_state_dict(resume["criterion"])
     t.opt.optimizer.load_state_dict(resume["optimizer"])

@@ -47,16 +47,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from common.errors import UserError, run_cli
 from data.datasets import FaceFolder
 from data.loading import Batches, ShardedSampler, TensorCache
 from data.transforms import PRESETS, Normalize, TrainAugment
+from inference.export import model_proto, quantize_int8
+from inference.runtime import session_options
 from networks import build_criterion, build_model, fuse, model_spec
 from networks.dan import group_heads
 from utils.checkpoint import load_model
 from utils.distributed import DistInfo
 from utils.engine import Optimisation, Precision, Runtime, TrainInputs, TrainStep, train_one_epoch
-from utils.errors import UserError, run_cli
-from utils.inference.export import model_proto, quantize_int8, session_options
 from utils.misc import cpu_count, resolve_device, setup_backend, setup_logging
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -551,12 +552,12 @@ def accuracy_rows(checkpoint: Path, data: Path, workdir: Path, threads: int,
                   calibration_images: int = 512) -> List[Dict]:
     """Val accuracy of the checkpoint: PyTorch, fused in ONNX Runtime fp32, and int8."""
     model, meta = load_model(checkpoint)
-    size = int(meta["img_size"])
-    normalize = Normalize(meta["mean"], meta["std"])
-    grey = bool(meta.get("grayscale"))  # the model's faces as prediction feeds them
-    val = FaceFolder([data], "val", size, classes=meta["classes"], grayscale=grey)
+    size = meta.img_size
+    normalize = Normalize(meta.mean, meta.std)
+    grey = meta.grey_input  # the model's faces as prediction feeds them
+    val = FaceFolder([data], "val", size, classes=meta.classes, grayscale=grey)
     cache = TensorCache(val, torch.device("cpu"), min(4, cpu_count()), desc="decoding val")
-    train = subset(FaceFolder([data], "train", size, classes=meta["classes"], grayscale=grey), calibration_images)
+    train = subset(FaceFolder([data], "train", size, classes=meta.classes, grayscale=grey), calibration_images)
     calib = TensorCache(train, torch.device("cpu"), min(4, cpu_count()), desc="decoding calibration images")
     calibration = [normalize(calib.images[k:k + 64]).numpy() for k in range(0, len(calib.labels), 64)]
     torch.set_num_threads(threads)
@@ -570,7 +571,7 @@ def accuracy_rows(checkpoint: Path, data: Path, workdir: Path, threads: int,
 
     def ort_predict(path):
         predict = _ort_predictor(path, threads)
-        return lambda x: predict(x)[0]  # outputs: logits first (utils.export_onnx)
+        return lambda x: predict(x)[0]  # outputs: logits first (tools.export_onnx)
 
     rows = []
     for name, predict in [("PyTorch fp32 (as trained)", torch_predict(model)),

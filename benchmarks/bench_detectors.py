@@ -26,7 +26,7 @@ reported per set: over the faces found, and over all faces (a face not found cou
 FER+ val faces (majority labels) and CK+ faces pasted the same way. This is how a detector's boxes change what the model answers:
 
     python3 benchmarks/bench_detectors.py --data ../shared/data --samples 300 \
-        --checkpoint Data/dan_ferplus.safetensors --detectors mtcnn 'mtcnn:{"proposals": "tinyface"}'
+        --checkpoint Data/dan_ferplus.safetensors --detectors mtcnn tinyface-onet
 """
 import argparse
 import json
@@ -41,8 +41,8 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.photos import astronaut_640x480  # noqa: E402
-from utils.inference.detectors import build_detector  # noqa: E402
-from utils.inference.fallback import Fallback  # noqa: E402
+from inference.detectors import build_detector  # noqa: E402
+from inference.fallback import Fallback  # noqa: E402
 
 FALLBACKS = {"none": Fallback(pad=0, whole_image=False), "pad": Fallback(whole_image=False), "all": Fallback()}
 
@@ -134,7 +134,7 @@ def main():
     args = p.parse_args()
     recognizer = None
     if args.checkpoint:
-        from utils.inference.recognizer import EmotionRecognizer
+        from inference.recognizer import EmotionRecognizer
         recognizer = EmotionRecognizer(args.checkpoint, detector="none")
 
     astro, centres = astronaut_with_centre()

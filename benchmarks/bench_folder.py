@@ -22,12 +22,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common.errors import ArgumentParser, UserError, run_cli  # noqa: E402
 from data.classes import normalize_class_name  # noqa: E402
 from data.layout import is_image_file  # noqa: E402
-from utils.errors import ArgumentParser, UserError, run_cli  # noqa: E402
-from utils.inference.detectors import DETECTORS  # noqa: E402
-from utils.inference.fallback import PAD_MODES, Fallback  # noqa: E402
-from utils.inference.recognizer import EmotionRecognizer  # noqa: E402
+from inference.detectors import DETECTORS  # noqa: E402
+from inference.fallback import PAD_MODES, Fallback  # noqa: E402
+from inference.recognizer import EmotionRecognizer  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:

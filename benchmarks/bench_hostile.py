@@ -29,8 +29,8 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from inference.server import serve_process  # noqa: E402
 from serve import raise_open_files_limit  # noqa: E402
-from utils.server import serve_process  # noqa: E402
 
 
 def rss_mb(pid: int) -> float:

@@ -32,9 +32,9 @@ sys.path.insert(0, ".")
 import numpy, PIL.Image, cv2, onnxruntime
 t1 = time.perf_counter()
 import predict
-from utils.inference.recognizer import EmotionRecognizer, OnnxRunner
-from utils.inference.export import cached_onnx
-from utils.inference.detectors import build_detector
+from inference.detectors import build_detector
+from inference.export import cached_onnx
+from inference.recognizer import EmotionRecognizer, OnnxRunner
 t2 = time.perf_counter()
 onnx_path = cached_onnx(sys.argv[1])
 t3 = time.perf_counter()
@@ -57,13 +57,11 @@ print(json.dumps({"imports: numpy, PIL, cv2, onnxruntime": t1 - t0, "imports: pr
 
 def make_checkpoint(path: str, img_size: int) -> None:
     sys.path.insert(0, str(ROOT))
-    from networks import build_model
+    from networks import build_model, model_meta
     from utils.checkpoint import save_safetensors
 
     args = {"num_classes": 7, "num_heads": 4}
-    meta = {"model": "dan", "model_args": args,
-            "classes": ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"],
-            "img_size": img_size, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    meta = model_meta("dan", args, ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"], img_size)
     save_safetensors(build_model("dan", **args).state_dict(), meta, path)
 
 
@@ -106,9 +104,9 @@ def latency(checkpoint: str, photo: str, detector: str, runs: int, threads: int,
     import numpy as np
 
     import predict
-    from utils.inference.faces import crop_face, normalize, resize_faces
-    from utils.inference.recognizer import EmotionRecognizer
-    from utils.inference.sources import Input
+    from inference.faces import crop_face, normalize, resize_faces
+    from inference.recognizer import EmotionRecognizer
+    from inference.sources import Input
 
     recognizer = EmotionRecognizer(checkpoint, detector=detector, threads=threads, detector_options=detector_options)
     encoded = Path(photo).read_bytes()

@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.photos import astronaut_640x480  # noqa: E402
-from utils.server import serve_process  # noqa: E402
+from inference.server import serve_process  # noqa: E402
 
 LIMIT_MB = 2
 

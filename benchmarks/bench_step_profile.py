@@ -26,8 +26,8 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
-from networks import build_criterion, build_model  # noqa: E402
 from benchmarks.bench import _timed  # noqa: E402
+from networks import build_criterion, build_model  # noqa: E402
 from utils.engine import TrainStep  # noqa: E402
 from utils.misc import keep_freed_memory  # noqa: E402
 

@@ -19,8 +19,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from networks import build_model, fuse  # noqa: E402
 from benchmarks.bench import ort_session, write_onnx  # noqa: E402
+from networks import build_model, fuse  # noqa: E402
 
 # (label, model name, model arguments, input side)
 MODELS = (

@@ -92,9 +92,9 @@ def score_tracks(frames: Sequence[Sequence[Tuple[Box, int]]], truth: Sequence[Di
 def analyse(path: Path, recognizer, detect_every: int = 1, smooth: float = 0.5, tracker_options=None,
             timed: bool = False):
     """predict.py's work on one video: per frame, (faces, seconds); the JSON line is formatted too."""
-    from utils.inference.sources import iter_inputs, record
-    from utils.inference.tracking import FaceTracker
-    from utils.inference.video import FaceStream
+    from inference.sources import iter_inputs, record
+    from inference.tracking import FaceTracker
+    from inference.video import FaceStream
 
     stream = FaceStream(recognizer, smooth, detect_every, FaceTracker(**(tracker_options or {})))
     out = []
@@ -172,8 +172,8 @@ def bench_grid(recognizer, folder: Path, data: Optional[Path], pairs: int) -> No
     detections and looks of every frame are computed once, then each setting tracks them."""
     import itertools
 
-    from utils.inference.sources import iter_inputs
-    from utils.inference.tracking import FaceTracker, appearance
+    from inference.sources import iter_inputs
+    from inference.tracking import FaceTracker, appearance
 
     clips = []
     for k, (_, actors, n) in enumerate(tracking_scenes(data, pairs)):
@@ -205,8 +205,8 @@ def bench_looks(recognizer, folder: Path, data: Path) -> None:
     pairs of different SFEW faces."""
     from PIL import Image
 
-    from utils.inference.sources import iter_inputs
-    from utils.inference.tracking import appearance
+    from inference.sources import iter_inputs
+    from inference.tracking import appearance
 
     pictures, _ = render(drifting(astronaut_head(), 90), 90)
     path = write_video(folder / "looks.mp4", pictures)
@@ -225,8 +225,8 @@ def bench_looks(recognizer, folder: Path, data: Path) -> None:
 
 
 def bench_speed(recognizer, folder: Path, frames: int, everies: Sequence[int]) -> None:
-    from utils.inference.faces import crop_face, resize_faces
-    from utils.inference.tracking import appearance
+    from inference.faces import crop_face, resize_faces
+    from inference.tracking import appearance
 
     for side in (300, 150):
         pictures, _ = render(drifting(astronaut_head(side), frames), frames)
@@ -241,7 +241,7 @@ def bench_speed(recognizer, folder: Path, frames: int, everies: Sequence[int]) -
             print(f"| {k} | {len(ms) / (sum(ms) / 1000):.1f} | {statistics.median(ms):.1f} | "
                   f"{np.percentile(ms, 90):.1f} |")
         parts = defaultdict(list)
-        from utils.inference.sources import iter_inputs
+        from inference.sources import iter_inputs
         start = time.perf_counter()
         for item in iter_inputs([str(path)]):
             t0 = time.perf_counter()
@@ -306,7 +306,7 @@ def main() -> None:
     p.add_argument("--clip-frames", type=int, default=60, help="frames of each detect-every clip")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
-    from utils.inference.recognizer import EmotionRecognizer
+    from inference.recognizer import EmotionRecognizer
     recognizer = EmotionRecognizer(args.checkpoint, threads=args.threads)
     print(f"model {recognizer.checkpoint.name}, detector {type(recognizer.detector).__name__}, "
           f"{args.threads} threads")

@@ -10,7 +10,7 @@
 //   tinyface  TinyFaceDetector's raw output (cells x cells x 25, face-api's NHWC order) and the boxes
 //             locateFaces reports at scoreThreshold 0.5 ([x, y, width, height, score] in pixels),
 //             each image fed at inputSize SIDE, so that face-api neither pads nor resizes it
-//             (networks/tinyface.py, utils/inference/tinyface.py).
+//             (networks/tinyface_net.py, inference/tinyface.py).
 // Needs @vladmandic/face-api, @tensorflow/tfjs and @tensorflow/tfjs-backend-wasm resolvable from
 // the working directory (NODE_PATH works too).
 const fs = require('fs');

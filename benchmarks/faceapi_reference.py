@@ -30,7 +30,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from utils.faceapi import embed, load_face_resnet, read_source, to_state_dict, decode_weights  # noqa: E402
+from tools.faceapi import embed, load_face_resnet, read_source, to_state_dict, decode_weights  # noqa: E402
 
 FIXTURES = ROOT / "tests" / "fixtures" / "faceapi"
 SAMPLE = ROOT / "Data" / "samples" / "astronaut.jpg"
@@ -88,8 +88,8 @@ def tinyface_images():
 def tinyface_reference(package: Path, prefix: Path, version: str) -> None:
     import torch
 
-    from networks.tinyface import PixelInput
-    from utils.faceapi import TINYFACE_MANIFEST, load_tinyface_net, tinyface_state
+    from networks.tinyface_net import PixelInput
+    from tools.faceapi import TINYFACE_MANIFEST, load_tinyface_net, tinyface_state
 
     entries = []
     for name, side, image in tinyface_images():

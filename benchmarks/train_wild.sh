@@ -9,7 +9,7 @@
 #   bash benchmarks/train_wild.sh [OUT]        # OUT default runs/dan_wild
 #
 # Needs Data/ckplus48_v1t0 (benchmarks/recipe_trials.sh gives the command) and
-#   python3 -m utils.inference.reframe --src ../shared/data/sfew --dst Data/sfew_framed
+#   python3 -m tools.reframe --src ../shared/data/sfew --dst Data/sfew_framed
 # DATA_ROOT points at another checkout's Data/ (a run from a git worktree).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,7 +33,7 @@ fi
 # averaged with the FER+ model. The shipped one: the soup of epoch 2, the best mean of the three
 # val sources among those that keep FER+ val at the FER+ model's 86.40 % or above.
 for e in 1 2; do
-  python3 -m utils.average Data/dan_ferplus.safetensors "$OUT/epochs/epoch_00$e.safetensors" --out "$OUT/soup_ep$e.safetensors"
+  python3 -m tools.average Data/dan_ferplus.safetensors "$OUT/epochs/epoch_00$e.safetensors" --out "$OUT/soup_ep$e.safetensors"
   for m in "epochs/epoch_00$e" "soup_ep$e"; do
     python3 test.py --checkpoint "$OUT/$m.safetensors" --data "${DATA[@]}" --split val --output "$OUT/val-${m//\//_}"
   done

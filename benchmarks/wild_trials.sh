@@ -11,7 +11,7 @@
 #
 # Needs Data/ckplus48_v1t0 (benchmarks/recipe_trials.sh gives the command) and SFEW's faces framed
 # as predict.py frames them:
-#   python3 -m utils.inference.reframe --src ../shared/data/sfew --dst Data/sfew_framed
+#   python3 -m tools.reframe --src ../shared/data/sfew --dst Data/sfew_framed
 # DATA_ROOT points at another checkout's Data/ (a run from a git worktree).
 set -euo pipefail
 cd "$(dirname "$0")/.."

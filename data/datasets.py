@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from utils.errors import UserError
+from common.errors import UserError
 
 from .classes import normalize_class_name
 from .images import decode_image

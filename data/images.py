@@ -6,7 +6,7 @@ from typing import Optional, Union
 import numpy as np
 from PIL import Image, ImageOps
 
-from utils.errors import UserError
+from common.errors import UserError
 
 MAX_PIXELS = 50_000_000  # refuse decompression bombs well before they exhaust memory
 

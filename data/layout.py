@@ -11,7 +11,7 @@ import csv
 from pathlib import Path
 from typing import Tuple, Union
 
-from utils.errors import UserError
+from common.errors import UserError
 
 SPLITS = ("train", "val", "test")
 MANIFEST = "manifest.csv"

@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
-from utils.errors import UserError
+from common.errors import UserError
 
 from .datasets import FaceFolder, collate_skip_none
 from .transforms import to_device

@@ -10,7 +10,7 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from utils.errors import UserError
+from common.errors import UserError
 
 from .classes import normalize_class_name
 from .layout import CsvReader

@@ -8,11 +8,12 @@ recognizer and the benchmarks read it; nothing outside networks/ asks a model's 
 """
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 from torch import nn
 
-from utils.errors import UserError
+from common.errors import UserError
+from common.meta import ModelMeta
 
 from .dan import DAN
 from .efficientnet import EfficientNetB3
@@ -105,6 +106,15 @@ def default_input(name: str, trunk: Optional[str] = None) -> InputConfig:
     return TRUNKS[found].input if found else model_spec(name).input
 
 
+def model_meta(name: str, model_args: Dict[str, Any], classes: Sequence[str], img_size: Optional[int] = None,
+               **optional) -> ModelMeta:
+    """The ModelMeta of a new model of this registry: its input size and normalisation from the
+    registry (`default_input`) unless `img_size` is given; `optional`: ModelMeta's other fields."""
+    config = default_input(name, model_args.get("trunk"))
+    return ModelMeta(name, dict(model_args), list(classes), int(img_size or config.img_size), list(config.mean),
+                     list(config.std), **optional)
+
+
 def build_model(name: str, num_classes: int, **options) -> nn.Module:
     """Build a model by name, randomly initialised (pretrained weights: utils.checkpoint.load_backbone).
 
@@ -134,5 +144,6 @@ def default_pretrained(name: str, root: Path, trunk: Optional[str] = None) -> Op
 
 
 __all__ = ["MODELS", "SPECS", "TRUNKS", "ModelOutput", "ModelSpec", "model_spec", "spec_of", "loaded_backbone", "build_model", "build_criterion", "default_input",
+           "model_meta",
            "default_pretrained", "min_input_size", "model_trunk", "total_loss", "DAN", "EfficientNetB3",
            "FaceResNetClassifier", "ResNet18", "fuse"]

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from utils.errors import UserError
+from common.errors import UserError
 
 from .outputs import ModelOutput
 from .trunks import TRUNKS

@@ -65,7 +65,7 @@ def tiny_data(tmp_path):
 @pytest.fixture(scope="session")
 def served_model(tmp_path_factory):
     """(tiny_model's file, an ONNX cache folder holding its export): made once for the server's tests."""
-    from utils.inference.export import cached_onnx
+    from inference.export import cached_onnx
 
     folder = tmp_path_factory.mktemp("served")
     checkpoint = tiny_model(folder / "tiny.safetensors")
@@ -84,7 +84,7 @@ def checkpoint(workdir):
     return make_checkpoint(workdir / "dan64.safetensors")
 @pytest.fixture(scope="session")
 def recognizer(checkpoint, cache_dir):
-    from utils.inference.recognizer import EmotionRecognizer
+    from inference.recognizer import EmotionRecognizer
 
     return EmotionRecognizer(checkpoint, cache_dir=cache_dir, threads=1, detector="haar")
 @pytest.fixture(scope="session")

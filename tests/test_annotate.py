@@ -1,11 +1,11 @@
-"""utils.inference.annotate: boxes and labels drawn on the photo, attention strips, file names."""
+"""inference.annotate: boxes and labels drawn on the photo, attention strips, file names."""
 import numpy as np
 import pytest
 from PIL import Image
 
-from utils.errors import UserError
-from utils.inference.annotate import AnnotationWriter, draw_faces, output_stem
-from utils.inference.recognizer import Face
+from common.errors import UserError
+from inference.annotate import AnnotationWriter, draw_faces, output_stem
+from inference.recognizer import Face
 
 
 def face(box=(10, 10, 40, 40), attention=True) -> Face:

@@ -1,14 +1,14 @@
-"""utils.average: weight averaging of model files, BatchNorm statistics recomputed from data."""
+"""tools.average: weight averaging of model files, BatchNorm statistics recomputed from data."""
 import pytest
 import torch
 from torch import nn
 
-from helpers import make_image_folder
+from common.errors import UserError
 from data.transforms import Normalize
+from helpers import make_image_folder
 from networks import build_model
-from utils import average
+from tools import average
 from utils.checkpoint import load_model, read_safetensors, save_checkpoint, save_safetensors
-from utils.errors import UserError
 
 CLASSES = ["angry", "happy", "sad"]
 
@@ -52,7 +52,7 @@ def test_average_files_mixes_formats_and_refuses_other_models(tmp_path):
     key = "heads.0.spatial.conv3x3.0.weight"
     assert torch.allclose(state[key], (s1[key] + s2[key]) / 2)
     assert torch.allclose(state["bn.running_mean"], (s1["bn.running_mean"] + s2["bn.running_mean"]) / 2)
-    assert info["classes"] == CLASSES
+    assert info.classes == CLASSES
     saved(tmp_path / "other.safetensors", 3, num_heads=3)
     with pytest.raises(UserError, match="differ in model_args"):
         average.average_files([tmp_path / "a.pth", tmp_path / "other.safetensors"])
@@ -90,9 +90,9 @@ def test_cli_writes_a_loadable_average_with_its_sources(tmp_path):
          "--bn-images", "8", "--batch-size", "4"])
     average.main(args)
     model, info = load_model(out)
-    assert info["classes"] == CLASSES and "temperature" not in info
-    assert [s["file"] for s in info["averaged_from"]] == [str(tmp_path / "a.pth"), str(tmp_path / "b.pth")]
-    assert info["batchnorm"].startswith("recomputed from 8 training images")
+    assert info.classes == CLASSES and info.temperature is None
+    assert [s["file"] for s in info.extra["averaged_from"]] == [str(tmp_path / "a.pth"), str(tmp_path / "b.pth")]
+    assert info.extra["batchnorm"].startswith("recomputed from 8 training images")
     plain, _ = average.average_files([tmp_path / "a.pth", tmp_path / "b.pth"])
     state = model.state_dict()
     assert torch.allclose(state["fc.weight"], plain["fc.weight"], atol=1e-3)  # fp16 in the file

@@ -55,7 +55,7 @@ def test_repeat_yields_exactly_steps_across_epochs():
 
 def test_compare_sets_runs_side_by_side_with_speedups(tmp_path):
     from benchmarks.bench import compare_reports
-    from utils.errors import UserError
+    from common.errors import UserError
 
     def report(name, rows):
         path = tmp_path / name

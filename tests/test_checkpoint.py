@@ -4,10 +4,12 @@ import pickle
 import pytest
 import torch
 
-from networks import build_model
-from utils.checkpoint import (FORMAT, ModelMeta, atomic_write, check_keys, load_checkpoint, load_model,
-                              read_state_dict, save_checkpoint, save_safetensors, training_checkpoint)
-from utils.errors import UserError
+from common.errors import UserError
+from common.files import atomic_write
+from common.meta import ModelMeta
+from networks import build_model, model_meta
+from utils.checkpoint import (FORMAT, check_keys, load_checkpoint, load_model, read_state_dict, save_checkpoint,
+                              save_safetensors, training_checkpoint)
 
 
 def test_atomic_write_keeps_the_old_file_when_the_writer_fails(tmp_path):
@@ -49,23 +51,24 @@ def test_missing_metadata_is_named(tmp_path):
 
 
 def test_model_meta_takes_the_registry_input_and_round_trips():
-    meta = ModelMeta.for_model("dan", {"num_classes": 8, "num_heads": 4, "trunk": "face_resnet"}, list("abcdefgh"),
-                               grayscale=True)
+    meta = model_meta("dan", {"num_classes": 8, "num_heads": 4, "trunk": "face_resnet"}, list("abcdefgh"),
+                      grayscale=True)
     assert meta.img_size == 150 and meta.std == [1.0, 1.0, 1.0]
-    assert ModelMeta.for_model("dan", {"num_classes": 2}, ["a", "b"], 112).mean == [0.485, 0.456, 0.406]
-    stored = {**meta.to_dict(), "quantized": "int8"}
+    assert model_meta("dan", {"num_classes": 2}, ["a", "b"], 112).mean == [0.485, 0.456, 0.406]
+    stored = {**meta.to_dict(), "quantized": "int8", "note": "kept"}
     assert "epoch" not in stored and stored["grayscale"] is True
     again = ModelMeta.from_dict(stored, "x")
-    assert again.extra == {"quantized": "int8"} and again.to_dict() == stored
+    assert again.quantized == "int8" and again.extra == {"note": "kept"} and again.to_dict() == stored
+    assert again == ModelMeta.from_json(again.to_json(), "y") and again.replace(epoch=3).epoch == 3 and again.epoch is None
 
 
 def test_training_checkpoint_loads_back(tmp_path):
     model = build_model("resnet18", num_classes=2)
-    meta = ModelMeta.for_model("resnet18", {"num_classes": 2}, ["a", "b"], 64)
+    meta = model_meta("resnet18", {"num_classes": 2}, ["a", "b"], 64)
     save_checkpoint(training_checkpoint(meta, model.state_dict(), epoch=3), tmp_path / "c.pth")
     assert load_checkpoint(tmp_path / "c.pth")["epoch"] == 3
     rebuilt, read = load_model(tmp_path / "c.pth")
-    assert read["classes"] == ["a", "b"] and torch.equal(rebuilt.fc.weight, model.fc.weight)
+    assert read.classes == ["a", "b"] and torch.equal(rebuilt.fc.weight, model.fc.weight)
 
 
 def test_key_check_names_missing_unexpected_and_both_shapes():
@@ -78,7 +81,7 @@ def test_key_check_names_missing_unexpected_and_both_shapes():
 
 def test_reader_points_a_project_file_elsewhere(tmp_path):
     model = build_model("resnet18", num_classes=2)
-    meta = ModelMeta.for_model("resnet18", {"num_classes": 2}, ["a", "b"], 64)
+    meta = model_meta("resnet18", {"num_classes": 2}, ["a", "b"], 64)
     save_checkpoint(training_checkpoint(meta, model.state_dict()), tmp_path / "c.pth")
     save_safetensors(model.state_dict(), meta.to_dict(), tmp_path / "c.safetensors")
     for name in ("c.pth", "c.safetensors"):
@@ -97,7 +100,7 @@ def test_written_model_files_are_readable_by_others_as_open_would_make_them(tmp_
     umask = os.umask(0o022)
     try:
         model = build_model("resnet18", num_classes=3)
-        meta = ModelMeta.for_model("resnet18", {"num_classes": 3}, ["a", "b", "c"], 32)
+        meta = model_meta("resnet18", {"num_classes": 3}, ["a", "b", "c"], 32)
         save_safetensors(model.state_dict(), meta.to_dict(), tmp_path / "m.safetensors")
         save_checkpoint({"format": FORMAT, "meta": meta.to_dict(), "state_dict": model.state_dict()}, tmp_path / "m.pth")
     finally:
@@ -139,10 +142,10 @@ def test_model_metadata_is_validated_on_every_read(tmp_path, changes, words):
     with pytest.raises(UserError, match=words) as err:
         load_model(path)
     assert str(path) in str(err.value) and "\n" not in str(err.value)
-    from utils.meta import check_meta_values  # the ONNX path's torch-free check says the same
+    # the ONNX path's torch-free check (no model registry) says the same
     if "model" not in changes and "does not take" not in words:
         with pytest.raises(UserError, match=words):
-            check_meta_values(_meta(**changes), "x.onnx")
+            ModelMeta.from_dict(_meta(**changes), "x.onnx")
 
 
 def test_metadata_that_is_not_json_or_not_an_object_is_refused(tmp_path):

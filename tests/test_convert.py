@@ -1,7 +1,7 @@
-"""utils.convert: published DAN weights become this project's checkpoints, computing the same logits.
+"""tools.convert: published DAN weights become this project's checkpoints, computing the same logits.
 
 The reference DAN is rebuilt here from its published module layout (features.0-7, cat_head{i}.sa /
-.ca, fc, bn), so the key renaming in utils/convert.py is checked against names it did not produce.
+.ca, fc, bn), so the key renaming in tools/convert.py is checked against names it did not produce.
 """
 import os
 import subprocess
@@ -14,10 +14,10 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import resnet18
 
+from common.errors import UserError, run_cli
 from networks import build_model
+from tools.convert import AFFECTNET_ORDER, RAFDB_ORDER, convert, get_args_parser, main
 from utils.checkpoint import load_backbone, load_model
-from utils.convert import AFFECTNET_ORDER, RAFDB_ORDER, convert, get_args_parser, main
-from utils.errors import UserError, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 torch.set_num_threads(1)
@@ -157,8 +157,8 @@ def test_converted_logits_equal_reference_and_direct_load(tmp_path, reference, i
     dst = tmp_path / f"dan{suffix}"
     meta = convert(src, "dan-rafdb", dst)
     model, loaded_meta = load_model(dst)
-    assert loaded_meta["classes"] == list(RAFDB_ORDER) == meta["classes"]
-    assert loaded_meta["model_args"] == {"num_classes": 7, "num_heads": 2}
+    assert loaded_meta.classes == list(RAFDB_ORDER) == meta.classes
+    assert loaded_meta.model_args == {"num_classes": 7, "num_heads": 2}
     assert not model.training
 
     # The project's DAN loaded the direct way: tensor by tensor in registration order, no names involved.
@@ -199,9 +199,9 @@ def test_dan_release_formats(tmp_path, images, fmt, classes):
     src = dan_release(tmp_path / f"{fmt}.pth", ref.state_dict())
     convert(src, fmt, tmp_path / "out.safetensors")
     model, meta = load_model(tmp_path / "out.safetensors")
-    assert meta["classes"] == list(classes)
-    assert meta["img_size"] == 224 and meta["mean"] == [0.485, 0.456, 0.406] and meta["std"] == [0.229, 0.224, 0.225]
-    assert meta["converted_from"]["format"] == fmt
+    assert meta.classes == list(classes)
+    assert meta.img_size == 224 and meta.mean == [0.485, 0.456, 0.406] and meta.std == [0.229, 0.224, 0.225]
+    assert meta.converted_from["format"] == fmt
     with torch.inference_mode():
         torch.testing.assert_close(model(images).logits, ref(images), rtol=0, atol=1e-5)
 
@@ -212,8 +212,8 @@ def test_emotion_recognition_bare_state_dict_with_dataparallel_prefix(tmp_path, 
     torch.save({f"module.{k}": v for k, v in ref.state_dict().items()}, src)
     convert(src, "emotion-recognition-dan", tmp_path / "er.pth")
     model, meta = load_model(tmp_path / "er.pth")
-    assert meta["classes"] == ["angry", "disgust", "fear", "happy", "sad", "surprise"]
-    assert meta["model_args"] == {"num_classes": 6, "num_heads": 4}
+    assert meta.classes == ["angry", "disgust", "fear", "happy", "sad", "surprise"]
+    assert meta.model_args == {"num_classes": 6, "num_heads": 4}
     with torch.inference_mode():
         torch.testing.assert_close(model(images).logits, ref(images), rtol=0, atol=1e-5)
 
@@ -230,9 +230,9 @@ def test_msceleb_backbone_becomes_dan_with_untrained_heads(tmp_path):
     trunk = msceleb_file(tmp_path / "resnet18_msceleb.pth")
     convert(tmp_path / "resnet18_msceleb.pth", "msceleb-resnet18", tmp_path / "init.safetensors")
     model, meta = load_model(tmp_path / "init.safetensors")
-    assert meta["classes"] == list(RAFDB_ORDER)
-    assert meta["model_args"] == {"num_classes": 7, "num_heads": 4}
-    assert meta["converted_from"]["heads_trained"] is False
+    assert meta.classes == list(RAFDB_ORDER)
+    assert meta.model_args == {"num_classes": 7, "num_heads": 4}
+    assert meta.converted_from["heads_trained"] is False
     for k, v in model.trunk.state_dict().items():
         assert torch.equal(v, trunk[k]), k
     # The heads are freshly initialised (BatchNorm at identity), not taken from anywhere.
@@ -243,8 +243,8 @@ def test_msceleb_classes_option(tmp_path):
     msceleb_file(tmp_path / "r18.pth", prefix="module.")
     meta = convert(tmp_path / "r18.pth", "msceleb-resnet18", tmp_path / "init.pth",
                    classes=["Happiness", "sadness", "neutral"], num_heads=2)
-    assert meta["classes"] == ["happy", "sad", "neutral"]
-    assert meta["model_args"] == {"num_classes": 3, "num_heads": 2}
+    assert meta.classes == ["happy", "sad", "neutral"]
+    assert meta.model_args == {"num_classes": 3, "num_heads": 2}
     model, _ = load_model(tmp_path / "init.pth")
     assert model.fc.out_features == 3
 
@@ -400,11 +400,11 @@ def test_cli_errors_are_one_line(tmp_path, capsys, monkeypatch, argv, message):
 
 def test_cli_end_to_end(tmp_path, reference):
     src = dan_release(tmp_path / "rafdb.pth", reference.state_dict())
-    run = subprocess.run([sys.executable, "-m", "utils.convert", "--src", str(src), "--format", "dan-rafdb",
+    run = subprocess.run([sys.executable, "-m", "tools.convert", "--src", str(src), "--format", "dan-rafdb",
                           "--dst", str(tmp_path / "dan.safetensors")],
                          cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert run.returncode == 0, run.stderr
     assert "surprise, fear, disgust, happy, sad, angry, neutral" in run.stderr
     assert "predict.py --checkpoint" in run.stderr
     _, meta = load_model(tmp_path / "dan.safetensors")
-    assert meta["classes"] == list(RAFDB_ORDER)
+    assert meta.classes == list(RAFDB_ORDER)

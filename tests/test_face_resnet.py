@@ -1,4 +1,4 @@
-"""networks.face_resnet and utils.faceapi: the port of dlib's face-recognition ResNet, its converter,
+"""networks.face_resnet and tools.faceapi: the port of dlib's face-recognition ResNet, its converter,
 and DAN on it.
 
 The exactness test compares the port with face-api's own embeddings (computed in Node by
@@ -16,15 +16,15 @@ import numpy as np
 import pytest
 import torch
 
+from common.errors import UserError
 from data.images import decode_image
 from networks import build_criterion, build_model, fuse
 from networks.dan import group_heads
 from networks.face_resnet import MIN_INPUT_SIZE, FaceResNet, FaceResNetTrunk, Residual, fold_scales
-from utils.checkpoint import load_backbone
-from utils.convert import get_args_parser, main
-from utils.errors import UserError
-from utils.faceapi import (MANIFEST, convert_faceapi, decode_weights, embed, load_face_resnet, read_source,
+from tools.convert import get_args_parser, main
+from tools.faceapi import (MANIFEST, convert_faceapi, decode_weights, embed, load_face_resnet, read_source,
                            to_state_dict)
+from utils.checkpoint import load_backbone
 
 from helpers import SHARED_DATA, tfjs_weights
 
@@ -123,7 +123,7 @@ def test_wrong_source_and_cli_exit(tmp_path):
     (tmp_path / "photo.jpg").write_bytes(b"not a model")
     with pytest.raises(UserError, match="expected the npm tarball"):
         read_source(tmp_path / "photo.jpg")
-    out = subprocess.run([sys.executable, "-m", "utils.convert", "--format", "faceapi-recognition", "--src",
+    out = subprocess.run([sys.executable, "-m", "tools.convert", "--format", "faceapi-recognition", "--src",
                           str(tmp_path / "missing"), "--dst", str(tmp_path / "x.safetensors")],
                          cwd=ROOT, capture_output=True, text=True)
     assert out.returncode != 0

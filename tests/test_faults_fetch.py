@@ -13,9 +13,9 @@ import pytest
 from PIL import Image
 
 import predict
+from common.errors import UserError, run_cli
 from helpers import local_http_server, tiny_model
-from utils.errors import UserError, run_cli
-from utils.inference.fetch import FetchLimits, fetch, fetch_image
+from inference.fetch import FetchLimits, fetch, fetch_image
 
 LIMITS = FetchLimits(connect_timeout=1, read_timeout=0.5, total_timeout=1.5, max_bytes=1024 * 1024, max_redirects=3)
 SLACK = 1.0  # seconds allowed past a limit on two busy cores

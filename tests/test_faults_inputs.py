@@ -22,11 +22,12 @@ from PIL import Image
 import predict
 import test as evaluate_script
 import train
-from helpers import ROOT, make_image_folder, tiny_model
+from common.errors import run_cli
 from data.datasets import FaceFolder
 from data.prepare import cli as prepare_cli
-from utils import convert
-from utils.errors import run_cli
+from helpers import ROOT, make_image_folder, tiny_model
+from networks import model_meta
+from tools import convert
 
 
 def run(main, argv, capsys, parse=None):
@@ -286,7 +287,7 @@ def test_malformed_fer2013_csv_is_one_line(tmp_path, header, rows, message, caps
 def test_convert_names_the_label_order_it_assumed(monkeypatch, tmp_path, capsys):
     """A RAF-DB file given as --format dan-affectnet7 cannot be told apart by its contents; the
     converter says which order it assumed, how to check it, and warns when the name disagrees."""
-    meta = {"model_args": {"num_heads": 4}, "classes": list(convert.FORMATS["dan-affectnet7"].classes), "img_size": 224}
+    meta = model_meta("dan", {"num_classes": 7, "num_heads": 4}, convert.FORMATS["dan-affectnet7"].classes)
     monkeypatch.setattr(convert, "convert", lambda *args: meta)
     src = tmp_path / "rafdb_epoch21_acc0.897_bacc0.8275.pth"
     convert.main(convert.get_args_parser().parse_args(["--src", str(src), "--format", "dan-affectnet7", "--dst",
@@ -323,7 +324,7 @@ def test_a_pixel_limit_above_pillows_own_is_the_one_that_holds(tmp_path):
     """--max-pixels above Pillow's cap made Pillow refuse the image first, and the message then named our
     limit as exceeded when the image was under it."""
     from data.images import ImageTooLarge, decode_image
-    from utils.errors import UserError
+    from common.errors import UserError
     path = tmp_path / "big.png"
     _png_header_only(path, 20_000, 10_000)  # 200 million pixels, over twice Pillow's default cap
     with pytest.raises(UserError) as err:
@@ -336,7 +337,7 @@ def test_a_pixel_limit_above_pillows_own_is_the_one_that_holds(tmp_path):
 def test_a_truncated_video_warns_with_the_frames_read(tmp_path, caplog):
     import cv2
 
-    from utils.inference.sources import iter_inputs
+    from inference.sources import iter_inputs
     path = tmp_path / "clip.avi"
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
     for i in range(20):

@@ -1,4 +1,4 @@
-"""Training killed with SIGKILL at named points (FER_FAULT_KILL_AT, see utils.checkpoint.fault_point)
+"""Training killed with SIGKILL at named points (FER_FAULT_KILL_AT, see common.files.fault_point)
 and at random instants, then resumed: the run folder is consistent, no temporary file is left,
 and the weights equal those of an uninterrupted run. Also: copied runs, --epochs on resume,
 divergence, strict JSON logs and an unwritable --output.
@@ -23,9 +23,10 @@ import pytest
 import torch
 
 import train
+from common.errors import UserError, run_cli
+from common.files import FAULT_ENV
 from helpers import make_image_folder
-from utils.checkpoint import FAULT_ENV, load_checkpoint
-from utils.errors import UserError, run_cli
+from utils.checkpoint import load_checkpoint
 from utils.run_folder import RUN_FILES, RunFolder
 
 EPOCHS = 2

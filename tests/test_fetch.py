@@ -1,11 +1,11 @@
-"""utils.inference.fetch: downloads from a local server, and each failure as one clear sentence."""
+"""inference.fetch: downloads from a local server, and each failure as one clear sentence."""
 import time
 
 import numpy as np
 import pytest
 
-from utils.errors import UserError
-from utils.inference.fetch import FetchLimits, fetch, fetch_image
+from common.errors import UserError
+from inference.fetch import FetchLimits, fetch, fetch_image
 
 
 LIMITS = FetchLimits(connect_timeout=2, read_timeout=0.5, max_bytes=1024 * 1024, max_redirects=3)
@@ -45,7 +45,7 @@ def test_fetch_refuses_other_schemes():
     ("64:ff9b:1::a00:1", "10.0.0.1, which is a private"),
 ])
 def test_ipv6_forms_of_private_ipv4_addresses_are_refused(address, words):
-    from utils.inference.fetch import UrlRefused, check_public_address
+    from inference.fetch import UrlRefused, check_public_address
     with pytest.raises(UrlRefused, match=words):
         check_public_address("example.org", address)
 
@@ -53,5 +53,5 @@ def test_ipv6_forms_of_private_ipv4_addresses_are_refused(address, words):
 @pytest.mark.parametrize("address", ["2002:808:808::1", "64:ff9b::8.8.8.8", "::ffff:8.8.8.8", "2606:4700::1111",
                                      "8.8.8.8"])
 def test_public_addresses_in_any_form_pass(address):
-    from utils.inference.fetch import check_public_address
+    from inference.fetch import check_public_address
     check_public_address("example.org", address)  # no refusal

@@ -1,5 +1,5 @@
-"""utils.files: the SHA-256 digest of a file, and ONNX files written atomically with the project's
-metadata (save_with_meta, through utils.checkpoint.atomic_write): the whole file or the old one,
+"""common.files: the SHA-256 digest of a file, and ONNX files written atomically with the project's
+metadata (inference.runtime.save_with_meta, through common.files.atomic_write): the whole file or the old one,
 never a half-written file or a stray temporary, and the errors a full disk or a locked folder give.
 """
 import errno
@@ -14,8 +14,10 @@ import onnx
 import onnxruntime as ort
 import pytest
 
+from common.files import file_digest
+from common.meta import META_KEY
 from helpers import ROOT
-from utils.files import META_KEY, file_digest, save_with_meta
+from inference.runtime import save_with_meta
 
 
 def identity_model(**props):
@@ -77,8 +79,8 @@ def test_digest_of_a_missing_file_raises(tmp_path):
 
 
 def test_importing_the_module_loads_neither_torch_nor_onnx():
-    """The ONNX Runtime path imports utils.files: its docstring promises nothing heavy comes with it."""
-    code = ("import sys, utils.files; "
+    """The ONNX Runtime path imports common.files: its docstring promises nothing heavy comes with it."""
+    code = ("import sys, common.files; "
             "print(sorted(m for m in ('torch', 'onnx', 'numpy', 'safetensors') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
@@ -97,7 +99,7 @@ def test_meta_is_the_only_entry_and_reads_back_as_json(tmp_path):
 
 
 def test_onnx_runtime_reads_the_meta_and_runs_the_graph(tmp_path):
-    """As utils.inference.tinyface reads it: through the session's custom metadata map."""
+    """As inference.tinyface reads it: through the session's custom metadata map."""
     path = tmp_path / "model.onnx"
     save_with_meta(identity_model(), {"classes": ["a", "b"]}, str(path))  # a str path, as faceapi passes
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

@@ -3,10 +3,10 @@ import pytest
 import torch
 
 import train
+from common.errors import UserError
 from helpers import make_image_folder
 from networks import build_criterion, build_model
 from utils.checkpoint import save_checkpoint, save_safetensors
-from utils.errors import UserError
 from utils.finetune import class_indexed_keys, init_from
 
 OLD = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]  # FER2013
@@ -84,7 +84,7 @@ def test_train_init_starts_a_new_run_from_a_model_file(tmp_path):
          "--lr", "1e-9", "--warmup-epochs", "0", "--pretrained", "none"]))
     from utils.checkpoint import load_checkpoint
     ckpt = load_checkpoint(out / "last.pth")
-    assert ckpt["epoch"] == 1 and ckpt["meta"]["classes"] == ["angry", "contempt", "happy"]
+    assert ckpt["epoch"] == 1 and ckpt["meta"].classes == ["angry", "contempt", "happy"]
     # lr ~0: the carried rows are the old model's
     old = old_model().state_dict()
     assert torch.allclose(ckpt["state_dict"]["fc.weight"][2], old["fc.weight"][OLD.index("happy")], atol=1e-6)

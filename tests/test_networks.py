@@ -2,10 +2,10 @@ import pytest
 import torch
 import torchvision
 
+from common.errors import UserError
 from networks import MODELS, build_criterion, build_model, min_input_size
-from utils.checkpoint import load_backbone
 from networks.dan import DAN
-from utils.errors import UserError
+from utils.checkpoint import load_backbone
 
 
 def count(module):

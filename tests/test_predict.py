@@ -1,7 +1,7 @@
 """predict.py: files, folders, globs, videos, URLs, JSON and tables, pictures, exit codes.
 
 The fixtures (a tiny DAN exported once, real photos, a local web server) are in conftest.py;
-each module of utils/inference has its own test file.
+each module of inference has its own test file.
 """
 import json
 import os
@@ -14,10 +14,10 @@ import pytest
 from PIL import Image
 
 import predict
+from common.errors import UserError
 from helpers import FACE_CLASSES as CLASSES
 from helpers import check_record, make_checkpoint
-from utils.errors import UserError
-from utils.inference.recognizer import EmotionRecognizer
+from inference.recognizer import EmotionRecognizer
 
 ROOT = Path(__file__).resolve().parents[1]
 

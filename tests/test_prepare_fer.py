@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from common.errors import UserError
 from data.prepare import fer2013
 from prepare_fakes import (FERPLUS_CASES, NOT_A_FACE, VOTES_HEADER, count_layout, count_splits, fer_pixels, fer_rows,
                            make_fer_csv, make_ferplus_csv, make_ferplus_release, read_manifest, run_prepare)
-from utils.errors import UserError
 
 
 @pytest.mark.parametrize("icml", [False, True])

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from common.errors import UserError
 from data.prepare.audit import audit
 from prepare_fakes import (count_layout, make_class_folders, make_prepared_pair, make_rafdb, noise_image, rafdb_lines,
                            read_files, read_manifest, run_prepare, subjects_by_split)
-from utils.errors import UserError
 
 
 def test_folder_folds_are_subject_disjoint_and_cover_every_subject(tmp_path):

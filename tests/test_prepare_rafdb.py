@@ -1,8 +1,8 @@
 """data/prepare: RAF-DB's release (EmoLabel lists, aligned and original images)."""
 import pytest
 
+from common.errors import UserError
 from prepare_fakes import count_splits, make_rafdb, rafdb_lines, read_manifest, run_prepare
-from utils.errors import UserError
 
 
 def test_rafdb_maps_labels_keeps_test_and_carves_val(tmp_path):

@@ -1,4 +1,4 @@
-"""utils.inference.recognizer: every face of a photo classified in one batch, ONNX Runtime against
+"""inference.recognizer: every face of a photo classified in one batch, ONNX Runtime against
 PyTorch, grey or colour crops, flip TTA, the default model's absence."""
 import io
 
@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from common.errors import UserError
 from helpers import FACE_CLASSES as CLASSES
 from helpers import make_checkpoint
-from utils.errors import UserError
-from utils.inference.recognizer import EmotionRecognizer, Face
+from inference.recognizer import EmotionRecognizer, Face
 
 
 def test_predict_one_face(recognizer, astronaut):
@@ -65,7 +65,7 @@ def test_grey_crops_unless_the_checkpoint_says_colour(recognizer, workdir, photo
                               colour.predict(photos / "one.jpg")[0].crop[..., 1])
 
 def test_missing_default_model_says_how_to_get_one(monkeypatch, tmp_path):
-    import utils.inference.recognizer as rec
+    import inference.recognizer as rec
 
     monkeypatch.setattr(rec, "DEFAULT_CHECKPOINT", tmp_path / "Data" / "dan_wild.safetensors")
     monkeypatch.setattr(rec, "ROOT", tmp_path)
@@ -78,8 +78,8 @@ def test_missing_default_model_says_how_to_get_one(monkeypatch, tmp_path):
 def test_flip_tta_averages_the_logits_of_each_face_and_its_mirror(recognizer):
     rng = np.random.default_rng(0)
     faces = rng.integers(0, 256, (3, recognizer.img_size, recognizer.img_size, 3), dtype=np.uint8)
-    from utils.inference.faces import normalize
-    from utils.inference.export import softmax
+    from inference.faces import normalize
+    from inference.runtime import softmax
     logits = recognizer.runner(normalize(np.concatenate([faces, faces[:, :, ::-1]]), recognizer.mean,
                                          recognizer.std))["logits"]
     expected = softmax((logits[:3] + logits[3:]) / 2 / recognizer.temperature)
@@ -101,14 +101,15 @@ def test_a_colour_model_reads_colour_through_onnx_predict_and_serve(workdir, cac
     from fastapi.testclient import TestClient
 
     import predict
-    from utils.inference.export import cached_onnx, read_onnx_meta
-    from utils.inference.fetch import FetchLimits
-    from utils.server import ServeOptions, create_app
+    from inference.export import cached_onnx
+    from inference.runtime import read_onnx_meta
+    from inference.fetch import FetchLimits
+    from inference.server import ServeOptions, create_app
 
     path = make_checkpoint(workdir / "colour_model.safetensors", grayscale=False)
     onnx_path = cached_onnx(path, cache_dir)
     import onnxruntime as ort
-    assert read_onnx_meta(ort.InferenceSession(str(onnx_path)))["grayscale"] is False
+    assert read_onnx_meta(ort.InferenceSession(str(onnx_path))).grayscale is False
     colour = EmotionRecognizer(path, cache_dir=cache_dir, threads=1, detector="haar")
     grey = EmotionRecognizer(path, cache_dir=cache_dir, threads=1, detector="haar", grayscale=True)
     assert not colour.grayscale and colour.backend == "onnx"

@@ -1,4 +1,4 @@
-"""utils.inference.reframe (a dataset's faces framed as predict.py frames them) and
+"""tools.reframe (a dataset's faces framed as predict.py frames them) and
 benchmarks/bench_folder.py (predict.py end to end over a labelled ImageFolder), on tiny folders
 built in tmp_path from the sample photo."""
 import csv
@@ -12,12 +12,12 @@ import pytest
 from PIL import Image
 
 from benchmarks import bench_folder
+from common.errors import UserError
 from helpers import ASTRONAUT
-from utils.errors import UserError
-from utils.inference import reframe
-from utils.inference.detectors import build_detector
-from utils.inference.fallback import Fallback
-from utils.inference.recognizer import EmotionRecognizer, locate_faces
+from inference.detectors import build_detector
+from inference.fallback import Fallback
+from inference.recognizer import EmotionRecognizer, locate_faces
+from tools import reframe
 
 ROOT = Path(__file__).resolve().parents[1]
 

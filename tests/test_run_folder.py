@@ -17,10 +17,11 @@ import pytest
 import torch
 from torch import nn
 
+from common.errors import UserError
 from helpers import ROOT
+from networks import model_meta
 from utils import run_folder
-from utils.checkpoint import ModelMeta, load_checkpoint, read_safetensors, save_checkpoint, training_checkpoint
-from utils.errors import UserError
+from utils.checkpoint import load_checkpoint, read_safetensors, save_checkpoint, training_checkpoint
 from utils.plots import plot_history
 from utils.run_folder import LOCK_FILE, RUN_FILES, RunFolder, _epoch, _epoch_file, release_locks
 
@@ -70,7 +71,7 @@ def checkpoints(scores, args=None) -> list:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: 1.0)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    meta = ModelMeta.for_model("resnet18", {"num_classes": 3}, CLASSES, 32)
+    meta = model_meta("resnet18", {"num_classes": 3}, CLASSES, 32)
     best, best_epoch, history, out = -1.0, 0, [], []
     for epoch, score in enumerate(scores, 1):
         criterion(model(torch.ones(2, 4)), torch.tensor([0, 1])).backward()
@@ -269,7 +270,7 @@ def test_a_folder_locked_by_another_holder_is_refused_naming_it(tmp_path):
 
 CHILD = """import sys
 sys.path.insert(0, sys.argv[1])
-from utils.errors import UserError
+from common.errors import UserError
 from utils.plots import plot_history
 from utils.run_folder import RunFolder
 for _ in sys.stdin:  # one try per line read, its outcome on one line

@@ -1,4 +1,4 @@
-"""serve.py's API (utils/server.py) through FastAPI's test client, and serve.py itself in a process.
+"""serve.py's API (inference/server.py) through FastAPI's test client, and serve.py itself in a process.
 
 Every refusal has its status code and a one-sentence {"error": ...}; answers equal `predict.py
 --json`'s on the same photo. A local http.server on 127.0.0.1 stands in for the web (the
@@ -22,15 +22,15 @@ from PIL import Image
 
 import predict
 import serve
+from common.errors import UserError
 from helpers import ROOT, check_record, local_http_server
-from utils.errors import UserError
-from utils.inference.fetch import FetchLimits
-from utils.inference.recognizer import EmotionRecognizer
+from inference.fetch import FetchLimits
+from inference.recognizer import EmotionRecognizer
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402  (after the skip: only with fastapi installed)
 
-from utils.server import InferencePool, ServeOptions, create_app, serve_process  # noqa: E402
+from inference.server import InferencePool, ServeOptions, create_app, serve_process  # noqa: E402
 
 ASTRONAUT = ROOT / "Data" / "samples" / "astronaut.jpg"
 LIMITS = dict(connect_timeout=1, read_timeout=0.5, total_timeout=1.5, max_bytes=1024 * 1024)
@@ -166,7 +166,7 @@ def test_live_sessions_follow_faces_and_smooth_them(recognizer):
 
 
 def test_a_session_takes_one_frame_at_a_time(recognizer):
-    from utils.server import ApiError, Sessions
+    from inference.server import ApiError, Sessions
     sessions = Sessions(recognizer, options())
     image = np.asarray(Image.open(ASTRONAUT).convert("RGB"))
     faces, t = sessions.step("webcam-0001", image)
@@ -273,9 +273,9 @@ def test_400_urls_that_are_not_fetched(client, url, words):
 def test_400_a_connection_that_reaches_a_private_address(client, web, monkeypatch):
     """As after a redirect, or a name that resolves to another address when connecting: the
     connection itself is checked where it went, and nothing is asked of the local server."""
-    import utils.inference.fetch
+    import inference.fetch
 
-    monkeypatch.setattr(utils.inference.fetch, "check_public_host", lambda url: None)
+    monkeypatch.setattr(inference.fetch, "check_public_host", lambda url: None)
     _Web.hits.clear()
     refused(client.post("/predict", json={"url": web + "/astronaut.jpg"}), 400, "127.0.0.1 is a loopback address")
     assert _Web.hits == []
@@ -512,7 +512,7 @@ def test_cross_origin_posts_are_refused_unless_allowed(recognizer, client):
 
 
 def test_cors_origin_must_be_an_origin(capsys):
-    from utils.errors import run_cli
+    from common.errors import run_cli
     with pytest.raises(SystemExit):
         run_cli(serve.main, serve.get_args_parser().parse_args(["--cors-origin", "https://app.example/path"]))
     assert "give a web origin" in capsys.readouterr().err

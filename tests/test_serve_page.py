@@ -17,7 +17,7 @@ import requests
 from PIL import Image
 
 from helpers import ROOT
-from utils.server import serve_process
+from inference.server import serve_process
 
 ASTRONAUT = ROOT / "Data" / "samples" / "astronaut.jpg"
 WAIT_S = 30

@@ -1,9 +1,9 @@
-"""utils.inference.sources: every kind of argument predict.py takes, expanded into images in order."""
+"""inference.sources: every kind of argument predict.py takes, expanded into images in order."""
 import cv2
 import numpy as np
 from PIL import Image
 
-from utils.inference.sources import Input, iter_inputs, record
+from inference.sources import Input, iter_inputs, record
 
 
 def write_video(path, frames: int = 7, size=(64, 48)) -> None:

@@ -1,5 +1,5 @@
-"""The Tiny Face Detector: the port (networks/tinyface.py), its converter, its decoding, the shipped
-ONNX file, and MTCNN's fast path that starts from its boxes (utils/inference/mtcnn.py).
+"""The Tiny Face Detector: the port (networks/tinyface_net.py), its converter, its decoding, the shipped
+ONNX file, and MTCNN's fast path that starts from its boxes (inference/mtcnn.py).
 
 The exactness tests compare the shipped Data/tiny_face_detector.onnx (and, when .ci/run has fetched
 the npm tarball of @vladmandic/face-api 1.7.15 into .cache/, the PyTorch port of its weights) with
@@ -17,13 +17,13 @@ import torch
 from PIL import Image
 
 from benchmarks.photos import astronaut_640x480
-from networks.tinyface import ANCHORS, PixelInput, TinyFaceNet
-from utils.convert import get_args_parser, main
-from utils.errors import UserError
-from utils.faceapi import TINYFACE_MANIFEST, decode_weights, load_tinyface_net, read_source, tinyface_state
-from utils.inference.detectors import build_detector, mtcnn_available
-from utils.inference.faces import fit, nms
-from utils.inference.tinyface import WEIGHTS, TinyFaceDetector, decode
+from common.errors import UserError
+from inference.detectors import build_detector, mtcnn_available
+from inference.faces import fit, nms
+from inference.tinyface import WEIGHTS, TinyFaceDetector, decode
+from networks.tinyface_net import ANCHORS, PixelInput, TinyFaceNet
+from tools.convert import get_args_parser, main
+from tools.faceapi import TINYFACE_MANIFEST, decode_weights, load_tinyface_net, read_source, tinyface_state
 
 from helpers import tfjs_weights
 
@@ -219,11 +219,47 @@ def test_fast_path_falls_back_to_the_cascade(monkeypatch):
     expected = cascade(photo)
     calls = []
     # No box from the Tiny Face Detector: the cascade answers.
-    monkeypatch.setattr(fast.tiny, "boxes", lambda image: (calls.append(1), (np.zeros((0, 4)), np.zeros(0)))[1])
+    monkeypatch.setattr(fast.proposer, "boxes", lambda image: (calls.append(1), (np.zeros((0, 4)), np.zeros(0)))[1])
     assert [d.box for d in fast(photo)] == [d.box for d in expected] and calls
     # A face smaller than large_share of the photo: the cascade looks again (it also finds smaller faces).
     small = np.array([[270.0, 40.0, 310.0, 80.0]])
-    monkeypatch.setattr(fast.tiny, "boxes", lambda image: (small, np.array([0.9])))
+    monkeypatch.setattr(fast.proposer, "boxes", lambda image: (small, np.array([0.9])))
     assert [d.box for d in fast(photo)] == [d.box for d in expected]
-    with pytest.raises(UserError, match="proposals"):
-        build_detector("mtcnn", proposals="yolo")
+    assert fast.name == "MTCNN, boxes proposed by the Tiny Face Detector"  # what serve.py's /model reports
+
+
+def test_cascade_composes_a_proposer_a_refiner_and_a_fallback():
+    """Cascade on stand-ins: the refiner sees the proposer's boxes; its answer stands when every face
+    is at least large_share of the photo's longer side; otherwise, or with no box, the fallback answers."""
+    from inference.detectors import Cascade
+    from inference.faces import Detection
+
+    image = np.zeros((100, 200, 3), np.uint8)  # longer side 200: large means at least 30 px at 0.15
+    fallback_answer = [Detection((1.0, 2.0, 3.0, 4.0))]
+
+    class Proposer:
+        boxes_out = np.array([[10.0, 10.0, 50.0, 50.0]])
+
+        def boxes(self, img):
+            return self.boxes_out, np.ones(len(self.boxes_out))
+
+    seen, fell_back = [], []
+
+    def refiner(img, boxes):
+        seen.append(boxes.copy())
+        return [Detection((float(x1), float(y1), float(x2 - x1), float(y2 - y1))) for x1, y1, x2, y2 in boxes]
+
+    def fallback(img):
+        fell_back.append(img.shape)
+        return fallback_answer
+
+    proposer = Proposer()
+    cascade = Cascade(proposer, refiner, fallback, large_share=0.15)
+    assert [d.box for d in cascade(image)] == [(10.0, 10.0, 40.0, 40.0)] and not fell_back  # 40 >= 30 px
+    assert np.array_equal(seen[-1], proposer.boxes_out)
+    proposer.boxes_out = np.array([[10.0, 10.0, 50.0, 50.0], [100.0, 10.0, 129.0, 39.0]])  # a 29-px face
+    assert cascade(image) is fallback_answer and fell_back == [(100, 200, 3)]
+    proposer.boxes_out = np.zeros((0, 4))
+    calls = len(seen)
+    assert cascade(image) is fallback_answer and len(seen) == calls  # no box: the refiner is not called
+    assert cascade.name == "the fallback, boxes proposed by the Tiny Face Detector"

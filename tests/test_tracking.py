@@ -1,11 +1,11 @@
-"""utils.inference.tracking: IoU by hand, association on synthetic tracks against hand-made ids,
+"""inference.tracking: IoU by hand, association on synthetic tracks against hand-made ids,
 the appearance check, and the moving average against a hand-computed one."""
 import math
 
 import numpy as np
 import pytest
 
-from utils.inference.tracking import EmaSmoother, FaceTracker, appearance, iou_matrix
+from inference.tracking import EmaSmoother, FaceTracker, appearance, iou_matrix
 
 
 def test_iou_matrix_by_hand():

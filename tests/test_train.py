@@ -8,10 +8,10 @@ import pytest
 import torch
 
 import train
+from common.errors import UserError
 from helpers import ROOT, make_image_folder
-from utils import average
+from tools import average
 from utils.checkpoint import load_checkpoint, load_model
-from utils.errors import UserError
 
 FAST = ["--img-size", "32", "--batch-size", "4", "--workers", "0", "--threads", "1", "--device", "cpu",
         "--lr", "0.01", "--pretrained", "none"]
@@ -30,14 +30,14 @@ def test_training_writes_checkpoints_logs_and_plots(tiny_data, tmp_path):
     assert [r["epoch"] for r in records] == [1, 2]
     assert {"train_ce", "train_affinity", "train_partition", "train_loss", "val_acc", "val_loss"} <= set(records[0])
     ckpt = load_checkpoint(out / "last.pth")
-    assert ckpt["meta"]["classes"] == ["angry", "happy", "sad"]
-    assert ckpt["meta"]["model_args"] == {"num_classes": 3, "num_heads": 4}
-    assert ckpt["meta"]["img_size"] == 32 and len(ckpt["meta"]["mean"]) == 3
-    assert ckpt["meta"]["grayscale"] is False  # the tiny images are in colour
+    assert ckpt["meta"].classes == ["angry", "happy", "sad"]
+    assert ckpt["meta"].model_args == {"num_classes": 3, "num_heads": 4}
+    assert ckpt["meta"].img_size == 32 and len(ckpt["meta"].mean) == 3
+    assert ckpt["meta"].grayscale is False  # the tiny images are in colour
     assert ckpt["epoch"] == 2 and ckpt["best_metric"] == result["best_metric"]
     assert json.loads((out / "args.json").read_text())["lr"] == 0.01
     model, meta = load_model(out / "best.safetensors")
-    assert meta["model"] == "dan" and not model.training
+    assert meta.model == "dan" and not model.training
 
 
 def test_keep_epochs_writes_each_epochs_weights_for_averaging(tiny_data, tmp_path):
@@ -47,7 +47,7 @@ def test_keep_epochs_writes_each_epochs_weights_for_averaging(tiny_data, tmp_pat
     assert [f.name for f in files] == ["epoch_001.safetensors", "epoch_002.safetensors"]
     last = load_checkpoint(out / "last.pth")["state_dict"]
     model, meta = load_model(files[1])
-    assert meta["epoch"] == 2 and meta["classes"] == ["angry", "happy", "sad"]
+    assert meta.epoch == 2 and meta.classes == ["angry", "happy", "sad"]
     assert torch.allclose(model.state_dict()["fc.weight"], last["fc.weight"], atol=1e-3)  # fp16 copy of epoch 2
     state, _ = average.average_files(files)
     first, _ = load_model(files[0])
@@ -79,7 +79,7 @@ def test_an_existing_run_folder_is_not_overwritten(tiny_data, tmp_path):
 def test_grouped_heads_train_and_save_a_plain_dan(tiny_data, tmp_path):
     run_train("--data", tiny_data, "--epochs", 1, "--output", tmp_path / "run", "--grouped-heads", *FAST)
     model, meta = load_model(tmp_path / "run" / "best.pth")
-    assert type(model).__name__ == "DAN" and meta["model"] == "dan"
+    assert type(model).__name__ == "DAN" and meta.model == "dan"
 
 
 def test_balanced_sampler_and_adam_recipe(tiny_data, tmp_path):
@@ -165,7 +165,7 @@ def test_grayscale_source_fraction_and_colour_options(tmp_path):
     run_train("--data", data, other, "--epochs", 1, "--output", out, "--grayscale",
               "--source-fraction", "b=0.5", *FAST)
     ckpt = load_checkpoint(out / "last.pth")
-    assert ckpt["meta"]["grayscale"] is True  # colour images, trained grey: prediction will feed grey
+    assert ckpt["meta"].grayscale is True  # colour images, trained grey: prediction will feed grey
     train_set = train.build_data(train.resolve_args(train.get_args_parser().parse_args(
         ["--data", str(data), str(other), "--source-fraction", "b=0.5", *FAST])), torch.device("cpu"),
         train.init_distributed("cpu"))[0]
@@ -174,7 +174,7 @@ def test_grayscale_source_fraction_and_colour_options(tmp_path):
     out = tmp_path / "colour"
     run_train("--data", data, "--epochs", 1, "--output", out, "--no-grayscale", "--colour-aug", 0.5,
               "--grey-prob", 0.2, *FAST)
-    assert load_checkpoint(out / "last.pth")["meta"]["grayscale"] is False
+    assert load_checkpoint(out / "last.pth")["meta"].grayscale is False
     with pytest.raises(UserError, match="colour training"):
         run_train("--data", data, "--epochs", 1, "--output", tmp_path / "x", "--grayscale", "--colour-aug", 0.5, *FAST)
     with pytest.raises(UserError, match="not sources"):

@@ -1,4 +1,4 @@
-"""utils.inference.video and predict.py on videos: detection every k-th frame, per-track
+"""inference.video and predict.py on videos: detection every k-th frame, per-track
 summaries, the timeline CSV and PNG, --save-video read back, and clean errors.
 
 The clips are synthetic (benchmarks/clips.py): the sample photo's head and a recoloured copy
@@ -14,12 +14,12 @@ import pytest
 from PIL import Image
 
 import predict
-from benchmarks.clips import astronaut_head, crossing, drifting, leave_and_return, recoloured, render, write_video
 from benchmarks.bench_video import score_tracks
+from benchmarks.clips import astronaut_head, crossing, drifting, leave_and_return, recoloured, render, write_video
 from helpers import FACE_CLASSES as CLASSES
-from utils.inference.faces import Detection
-from utils.inference.recognizer import Face
-from utils.inference.video import FaceStream, StreamRecord, timeline_columns
+from inference.faces import Detection
+from inference.recognizer import Face
+from inference.video import FaceStream, StreamRecord, timeline_columns
 
 
 def run_predict(argv, capsys):
@@ -218,7 +218,7 @@ def test_a_webcam_is_tracked_on_the_clock_and_detect_every_carries_boxes(clips, 
                                                                           capsys):
     """`--params 0` with a clip standing in for OpenCV's camera 0: the same tracks and smoothing;
     with --detect-every 3 two frames in three keep the last boxes."""
-    import utils.inference.sources as sources
+    import inference.sources as sources
 
     real = cv2.VideoCapture
     monkeypatch.setattr(sources.cv2, "VideoCapture",

@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import make_image_folder
+from common.errors import UserError
 from data.datasets import FaceFolder
 from data.votes import read_votes, vote_distribution
+from helpers import make_image_folder
 from networks.losses import CECriterion, DANCriterion, classification_loss
 from networks.outputs import ModelOutput
-from utils.errors import UserError
 
 CLASSES = ["angry", "happy", "neutral", "sad"]
 

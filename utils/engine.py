@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from common.errors import UserError
 from data.transforms import mix_batch
 from utils.distributed import DistInfo, all_gather_cat, all_reduce_sum
-from utils.errors import UserError
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,5 @@
-"""`python3 -m utils.export_onnx`: the command line of utils/inference/export.py (kept at this path)."""
-import sys
-
-from utils.errors import run_cli
-from utils.inference.export import get_args_parser, main
-
+"""Old name of `python3 -m tools.export_onnx` (moved in this release; this alias goes in the next one)."""
 if __name__ == "__main__":
-    sys.exit(run_cli(main, get_args_parser().parse_args()))
+    from utils._moved import forward
+
+    forward("utils.export_onnx")

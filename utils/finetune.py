@@ -17,10 +17,10 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
+from common.errors import UserError
 from data.transforms import LUMA
 from networks import build_model
 from utils.checkpoint import check_keys, load_checkpoint, read_weights
-from utils.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -122,10 +122,10 @@ def init_from(model: nn.Module, criterion: Optional[nn.Module], path, model_name
         UserError: the file is of another model or its other tensors do not fit.
     """
     state, meta = read_weights(path)
-    if meta["model"] != model_name:
-        raise UserError(f"--init {path} holds a {meta['model']} model, not {model_name}: pass --model {meta['model']}")
-    old = list(meta["classes"])
-    indexed = set(class_indexed_keys(model_name, meta["model_args"], len(old)))
+    if meta.model != model_name:
+        raise UserError(f"--init {path} holds a {meta.model} model, not {model_name}: pass --model {meta.model}")
+    old = list(meta.classes)
+    indexed = set(class_indexed_keys(model_name, meta.model_args, len(old)))
     own = model.state_dict()
 
     def rows_aside(tensors):  # a class-indexed tensor may have another number of rows: compare the rest
@@ -136,8 +136,8 @@ def init_from(model: nn.Module, criterion: Optional[nn.Module], path, model_name
     model.load_state_dict(new_state)
     report = InitReport(tensors=len(new_state), carried=[c for c in classes if c in old],
                         new=[c for c in classes if c not in old], dropped=[c for c in old if c not in classes])
-    if colour and meta.get("grayscale"):
-        report.spread = spread_grey_input(model, meta["mean"], meta["std"])
+    if colour and meta.grayscale:
+        report.spread = spread_grey_input(model, meta.mean, meta.std)
     centers = getattr(criterion, "centers", None)
     if centers is not None and Path(path).suffix != ".safetensors":
         saved = load_checkpoint(path).get("criterion", {}).get("centers")

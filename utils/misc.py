@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import torch
 
-from utils.errors import UserError
+from common.errors import UserError
 
 
 def setup_logging(rank: int = 0) -> None:

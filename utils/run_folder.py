@@ -8,14 +8,13 @@
     args.json         the resolved arguments
 
 An epoch writes last.pth, then best.pth and best.safetensors when it is the best so far, then
-its log line, then the curves; the checkpoints atomically (utils.checkpoint.atomic_write). So
+its log line, then the curves; the checkpoints atomically (common.files.atomic_write). So
 after a kill last.pth is from some epoch k and every other file from epoch k or k - 1, and
 `RunFolder.start` on resume derives them again from last.pth: log.jsonl from its history (which
 also drops a half-written line), best.pth and best.safetensors from last.pth when it records a
 best epoch they do not hold, the curves from its history. Temporary files of killed writes are
 removed on every start.
 """
-import json
 import logging
 import os
 import shutil
@@ -30,10 +29,10 @@ except ImportError:  # Windows
 import torch
 from safetensors import safe_open
 
-from utils.checkpoint import (atomic_write, fault_point, load_checkpoint, remove_stale_temps, save_checkpoint,
-                              save_safetensors)
-from utils.errors import UserError
-from utils.meta import META_KEY
+from common.errors import UserError
+from common.files import atomic_write, fault_point, remove_stale_temps
+from common.meta import META_KEY, ModelMeta
+from utils.checkpoint import load_checkpoint, save_checkpoint, save_safetensors
 from utils.misc import strict_json
 from utils.plots import plot_history
 
@@ -139,7 +138,7 @@ class RunFolder:
 
     def save_epoch(self, ckpt: Dict[str, Any], improved: bool, keep: bool = False) -> None:
         """Write epoch ckpt["epoch"]: last.pth, then best.pth and best.safetensors if `improved`,
-        then (if `keep`) its weights as epochs/epoch_NNN.safetensors for `utils.average`, then its
+        then (if `keep`) its weights as epochs/epoch_NNN.safetensors for `tools.average`, then its
         log line (ckpt["history"][-1]) and the curves.
 
         Raises:
@@ -168,13 +167,13 @@ class RunFolder:
         if checkpoint:
             save_checkpoint(ckpt, self.path / "best.pth")
             fault_point("saved:best.pth")
-        meta = {**ckpt["meta"], "epoch": ckpt["epoch"], "val_accuracy": ckpt["best_metric"]}
+        meta = ckpt["meta"].replace(epoch=ckpt["epoch"], val_accuracy=ckpt["best_metric"])
         save_safetensors(ckpt["state_dict"], meta, self.path / "best.safetensors")
         fault_point("saved:best.safetensors")
 
     def _keep_epoch(self, ckpt: Dict[str, Any]) -> None:
         """epochs/epoch_NNN.safetensors: the weights of epoch ckpt["epoch"] (`--keep-epochs`)."""
-        meta = {**ckpt["meta"], "epoch": ckpt["epoch"]}
+        meta = ckpt["meta"].replace(epoch=ckpt["epoch"])
         save_safetensors(ckpt["state_dict"], meta, self.path / "epochs" / _epoch_file(ckpt["epoch"]))
 
     def _catch_up(self, last: Dict[str, Any], source: Path, keep: bool = False) -> None:
@@ -217,10 +216,9 @@ def _epoch_file(epoch: int) -> str:
 def _epoch(path: Path) -> Optional[int]:
     """The epoch a best.pth or best.safetensors holds; None when it is missing or unreadable."""
     try:
-        if path.suffix == ".safetensors":
-
+        if path.suffix == ".safetensors":  # the header alone: ModelMeta's epoch
             with safe_open(str(path), framework="pt") as f:
-                return json.loads((f.metadata() or {})[META_KEY])["epoch"]
+                return ModelMeta.from_json((f.metadata() or {})[META_KEY], path).epoch
         # mmap: only the few bytes read are loaded, not the weights
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)["epoch"]
     except Exception:

@@ -13,9 +13,9 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from common.errors import UserError
 from data.layout import CsvReader
 from data.prepare.common import Problems, Sample, image_files, require_columns
-from utils.errors import UserError
 
 LABELS = {0: "neutral", 1: "happy", 2: "sad", 3: "surprise", 4: "fear", 5: "disgust", 6: "angry", 7: "contempt"}
 # 8 none, 9 uncertain, 10 no face: not expressions, left out.

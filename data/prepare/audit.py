@@ -23,10 +23,10 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from common.errors import UserError
 from data.layout import SPLITS, split_source_prefix
 from data.prepare.common import image_files, read_manifest, sub_folders
 from data.prepare.folder import compile_subject_regex, subject_of
-from utils.errors import UserError
 
 # Rows of the 32-point DCT-II basis for the 8 lowest frequencies: (8, 32).
 _DCT = np.cos(np.pi * np.outer(np.arange(8), 2 * np.arange(32) + 1) / 64)

@@ -8,9 +8,9 @@ The subject (Sxxx) is always known, so every split is subject-disjoint.
 import re
 from pathlib import Path
 
+from common.errors import UserError
 from data.prepare.common import Problems, Sample
 from data.prepare.folder import read_class_folders
-from utils.errors import UserError
 
 LABELS = ("neutral", "angry", "contempt", "disgust", "fear", "happy", "sad", "surprise")
 CK48_SUBJECT = re.compile(r"^(S\d+)_")

@@ -19,9 +19,9 @@ from typing import Callable, Optional
 from PIL import Image
 from tqdm import tqdm
 
+from common.errors import UserError
 from data.layout import MANIFEST, MANIFEST_COLUMNS, CsvReader, check_path_part, is_image_file
 from data.votes import VOTES
-from utils.errors import UserError
 
 log = logging.getLogger("data.prepare")
 

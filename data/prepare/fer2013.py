@@ -13,10 +13,10 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
+from common.errors import UserError
 from data.classes import normalize_class_name
 from data.layout import CsvReader
 from data.prepare.common import Problems, Sample, log, require_columns
-from utils.errors import UserError
 
 LABELS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 USAGE = {"Training": "train", "PublicTest": "val", "PrivateTest": "test"}

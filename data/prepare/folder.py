@@ -7,9 +7,9 @@ import re
 from pathlib import Path
 from typing import Optional
 
+from common.errors import UserError
 from data.classes import normalize_class_name
 from data.prepare.common import Problems, Sample, image_files, source_name, sub_folders
-from utils.errors import UserError
 
 _SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val",
                 "validation": "val", "test": "test", "testing": "test"}

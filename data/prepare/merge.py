@@ -9,11 +9,11 @@ import json
 from pathlib import Path
 from typing import Optional
 
+from common.errors import UserError
 from data.classes import normalize_class_name
 from data.layout import SOURCE_SEPARATOR, SPLITS
 from data.prepare.common import Problems, Sample, image_files, read_manifest, source_name, sub_folders
 from data.votes import VOTES, read_votes
-from utils.errors import UserError
 
 
 def add_arguments(parser) -> None:

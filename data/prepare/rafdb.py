@@ -6,8 +6,8 @@ The official test set becomes test/; val/ is carved from train.
 """
 from pathlib import Path
 
+from common.errors import UserError
 from data.prepare.common import Problems, Sample, find_file
-from utils.errors import UserError
 
 LABELS = {1: "surprise", 2: "fear", 3: "disgust", 4: "happy", 5: "sad", 6: "angry", 7: "neutral"}
 _LABEL_FILES = ["EmoLabel/list_patition_label.txt", "EmoLabel/list_partition_label.txt",

@@ -9,9 +9,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
+from common.errors import UserError
 from data.layout import CsvReader
 from data.prepare.common import Problems, Sample, require_columns
-from utils.errors import UserError
 
 
 @dataclass(frozen=True)

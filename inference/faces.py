@@ -1,6 +1,6 @@
 """Face geometry: what a detector reports, and cutting faces out the way the model saw them in training.
 
-A detector (utils/inference/detectors.py) takes an RGB uint8 image (H, W, 3) and returns
+A detector (inference/detectors.py) takes an RGB uint8 image (H, W, 3) and returns
 `Detection`s in that image's pixels.
 
 Crops are squares around the box with a margin, turned upright by the eye line when the
@@ -76,16 +76,6 @@ def crop_face(image: np.ndarray, det: Detection, margin: float = 0.2, align: boo
     """Square (side, side, 3) uint8 crop of one face; pixels beyond the photo repeat its edge."""
     matrix, side = crop_matrix(det, margin, align)
     return cv2.warpAffine(image, matrix, (side, side), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-
-
-def wants_grayscale(meta: dict) -> bool:
-    """Whether a model's faces go in grey, from its checkpoint's meta.
-
-    Unless the checkpoint says, grey: a model trained on grey faces (FER2013, CK+) misreads colour
-    ones badly, while a colour model loses little on grey. Converted published DAN weights
-    (utils/convert.py) were trained on colour RAF-DB/AffectNet.
-    """
-    return bool(meta.get("grayscale", "converted_from" not in meta))
 
 
 def resize_faces(crops: Sequence[np.ndarray], size: int, grayscale: bool = False) -> np.ndarray:

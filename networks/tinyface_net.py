@@ -5,9 +5,9 @@ The network of Vincent Mühler's `TinyFaceDetector` in face-api.js, which the np
 padding, 3 -> 16 channels), then five depthwise-separable 3x3 convolutions (16 -> 32 -> ... -> 512),
 each followed by a leaky ReLU (slope 0.1) and a 2x2 max pool (stride 2 for the first five layers,
 stride 1 after the last), then a 1x1 convolution giving 5 numbers (tx, ty, tw, th, confidence) for
-each of 5 anchor boxes in each cell of a (size / 32)-square grid. utils/inference/tinyface.py
+each of 5 anchor boxes in each cell of a (size / 32)-square grid. inference/tinyface.py
 decodes that output into boxes; prediction runs this network's ONNX export
-(`python3 -m utils.convert --format faceapi-tinyface`, docs/convert.md), so PyTorch serves the
+(`python3 -m tools.convert --format faceapi-tinyface`, docs/convert.md), so PyTorch serves the
 conversion and the tests only.
 """
 from collections import OrderedDict

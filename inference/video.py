@@ -21,7 +21,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
-from utils.errors import UserError
+from common.errors import UserError
 
 from .annotate import draw_faces, emotion_colours, output_stem
 from .faces import Detection

@@ -2,9 +2,9 @@
 
 Only detectors whose weights ship inside an installed package or in Data/ are offered: nothing is
 downloaded at run time. docs/predict.md compares them on real photos. "auto" picks
-"tinyface-onet" when MTCNN's weights are installed: face-api's Tiny Face Detector
-(utils/inference/tinyface.py, its weights shipped in Data/) proposes the boxes and MTCNN's last
-stage corrects them and finds the landmarks, with the full MTCNN cascade (utils/inference/mtcnn.py)
+"tinyface-onet" when MTCNN's weights are installed, a `Cascade`: face-api's Tiny Face Detector
+(inference/tinyface.py, its weights shipped in Data/) proposes the boxes, MTCNN's last stage
+(O-Net) corrects them and finds the landmarks, and the full MTCNN (inference/mtcnn.py) answers
 for photos whose faces are small or not found that way (docs/serve.md, Speed); without MTCNN's
 weights, OpenCV's Haar cascade.
 """
@@ -15,8 +15,8 @@ from typing import Callable, Dict, List
 import cv2
 import numpy as np
 
-from utils.errors import UserError
-from utils.paths import TINYFACE_WEIGHTS
+from common.errors import UserError
+from common.paths import TINYFACE_WEIGHTS
 
 from .faces import Detection, shrink
 from .mtcnn import MTCNN
@@ -76,8 +76,40 @@ def tinyface_available() -> bool:
     return TINYFACE_WEIGHTS.is_file()
 
 
-def _tinyface_onet(**options):
-    return MTCNN(**{"proposals": "tinyface", **options})
+class Cascade:
+    """A detector made of three parts: `proposer` finds boxes in one cheap pass, `refiner` corrects
+    them (and finds landmarks), and `fallback` answers for any photo where that finds no face or a
+    face under `large_share` of the photo's longer side (small faces: where a one-pass proposer
+    misses most).
+
+    Args:
+        proposer: has `boxes(image) -> ((K, 4) x1, y1, x2, y2, (K,) scores)`.
+        refiner: (image, boxes) -> Detections.
+        fallback: a detector, image -> Detections.
+        large_share: see above.
+    """
+
+    def __init__(self, proposer, refiner: Callable, fallback: Callable[[np.ndarray], List[Detection]],
+                 large_share: float = 0.15):
+        self.proposer, self.refiner, self.fallback, self.large_share = proposer, refiner, fallback, large_share
+
+    @property
+    def name(self) -> str:
+        """What serve.py's /model reports."""
+        return f"{getattr(self.fallback, 'name', 'the fallback')}, boxes proposed by the Tiny Face Detector"
+
+    def __call__(self, image: np.ndarray) -> List[Detection]:
+        boxes, _ = self.proposer.boxes(image)
+        found = self.refiner(image, boxes) if len(boxes) else []
+        if found and min(d.box[2] for d in found) >= self.large_share * max(image.shape[:2]):
+            return found
+        return self.fallback(image)
+
+
+def _tinyface_onet(tiny_size: int = 224, large_share: float = 0.15, **options) -> Cascade:
+    """The Tiny Face Detector's boxes at `tiny_size`, refined by O-Net; MTCNN (with `options`) as the fallback."""
+    mtcnn = MTCNN(**options)
+    return Cascade(TinyFaceDetector(tiny_size, threads=options.get("threads", 1)), mtcnn.refine, mtcnn, large_share)
 
 
 def _auto(**options):

@@ -26,7 +26,7 @@ from typing import Callable, List, Tuple
 import cv2
 import numpy as np
 
-from utils.errors import UserError
+from common.errors import UserError
 
 from .faces import Detection
 
@@ -115,7 +115,7 @@ def padded_detect(detector: Callable[[np.ndarray], List[Detection]], image: np.n
 
 
 def add_fallback_args(p: argparse.ArgumentParser) -> None:
-    """The fallbacks' options, the same in predict.py, serve.py and utils.inference.reframe."""
+    """The fallbacks' options, the same in predict.py, serve.py and tools.reframe."""
     p.add_argument("--pad-retry", type=float, default=Fallback.pad, metavar="FRACTION",
                    help="when no face is found, detect again on the photo padded by this fraction of its longer "
                         "side (tight face crops); 0 turns it off")

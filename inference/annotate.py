@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from utils.errors import UserError
+from common.errors import UserError
 
 from .recognizer import Face, top_classes
 

@@ -11,24 +11,23 @@ sigmoid(confidence). Overlapping boxes are merged by non-maximum suppression at 
 
 The photo is padded with black on the right or bottom to a square, resized to the input size,
 and fed as RGB minus face-api's mean colour, divided by 255. Converted weights:
-`python3 -m utils.convert --format faceapi-tinyface` (docs/convert.md).
+`python3 -m tools.convert --format faceapi-tinyface` (docs/convert.md).
 
 `TinyFaceDetector` gives boxes only. Its boxes are looser than MTCNN's and have no landmarks,
-so `utils.inference.mtcnn.MTCNN(proposals="tinyface")` hands them to MTCNN's last stage (O-Net),
+so the default detector (`inference.detectors.Cascade`) hands them to MTCNN's last stage (O-Net),
 which corrects them and finds the eyes the crops are aligned by (docs/serve.md, Speed).
 """
-import json
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import onnxruntime as ort
 
-from utils.errors import UserError, first_line
-from utils.files import META_KEY
-from utils.paths import TINYFACE_WEIGHTS as WEIGHTS
+from common.errors import UserError, first_line
+from common.meta import DetectorMeta
+from common.paths import TINYFACE_WEIGHTS as WEIGHTS
 
-from .export import session_options
+from .runtime import session_options, stored_meta
 from .faces import Detection, fit, nms
 
 IOU_THRESHOLD = 0.4
@@ -71,14 +70,13 @@ class TinyFaceDetector:
         path = Path(weights) if weights else WEIGHTS
         if not path.is_file():
             raise UserError(f"the tiny face detector's weights are not at {path}; convert them with "
-                            "python3 -m utils.convert --format faceapi-tinyface (docs/convert.md)")
+                            "python3 -m tools.convert --format faceapi-tinyface (docs/convert.md)")
         try:
             self.session = ort.InferenceSession(str(path), session_options(threads, spinning=False),
                                                 providers=["CPUExecutionProvider"])
-            meta = json.loads(self.session.get_modelmeta().custom_metadata_map[META_KEY])
-            self.anchors = [tuple(map(float, a)) for a in meta["anchors"]]
+            self.anchors = list(DetectorMeta.from_json(stored_meta(self.session), path).anchors)
         except Exception as err:  # onnxruntime's own errors, or metadata that is not the converter's
-            raise UserError(f"{path} is not a tiny face detector written by utils.convert "
+            raise UserError(f"{path} is not a tiny face detector written by tools.convert "
                             f"({first_line(err)})") from None
         self.input_name = self.session.get_inputs()[0].name
         self.input_size, self.score_threshold = input_size, score_threshold

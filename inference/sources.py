@@ -17,9 +17,9 @@ from typing import Iterator, Optional, Sequence
 import cv2
 import numpy as np
 
+from common.errors import UserError
 from data.images import MAX_PIXELS, decode_image
 from data.layout import is_image_file
-from utils.errors import UserError
 
 from .fetch import FetchLimits, fetch_image, is_url
 

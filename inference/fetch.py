@@ -30,8 +30,8 @@ from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
+from common.errors import UserError, first_line, number
 from data.images import MAX_PIXELS, ImageTooLarge, decode_image
-from utils.errors import UserError, first_line, number
 
 CHUNK = 64 * 1024
 MB = 1024 * 1024

@@ -1,7 +1,7 @@
 """Read face-api's face-recognition weights (TensorFlow.js format) into `networks.face_resnet`.
 
     npm pack @vladmandic/face-api@1.7.15
-    python3 -m utils.convert --format faceapi-recognition --src vladmandic-face-api-1.7.15.tgz \\
+    python3 -m tools.convert --format faceapi-recognition --src vladmandic-face-api-1.7.15.tgz \\
         --dst Data/face_resnet_faceapi.safetensors
 
 `--src` is the npm tarball, the package's `model/` folder, or its
@@ -21,9 +21,9 @@ from typing import Any, Dict, Tuple
 import numpy as np
 import torch
 
+from common.errors import UserError
 from networks.face_resnet import EMBEDDING_SIZE, FACE_RESNET_MEAN, FACE_RESNET_STD, INPUT_SIZE, FaceResNet
 from utils.checkpoint import check_keys, save_safetensors
-from utils.errors import UserError
 
 MANIFEST = "face_recognition_model-weights_manifest.json"
 PACKAGE = "@vladmandic/face-api"
@@ -185,7 +185,7 @@ def tinyface_state(tensors: Dict[str, np.ndarray]) -> Dict[str, torch.Tensor]:
     Raises:
         UserError: naming tensors the port lacks, tensors the file lacks, or wrong shapes.
     """
-    from networks.tinyface import TinyFaceNet
+    from networks.tinyface_net import TinyFaceNet
 
     state = {}
     for name, value in tensors.items():
@@ -200,13 +200,13 @@ def tinyface_state(tensors: Dict[str, np.ndarray]) -> Dict[str, torch.Tensor]:
             prefix = f"layers.{layer}" + (".pointwise" if part == "/bias" and layer != "conv0" else "")
         array = value.transpose(order) if order else value
         state[prefix + key] = torch.from_numpy(np.ascontiguousarray(array))
-    check_keys(TinyFaceNet().state_dict(), state, "the face-api file", "networks.tinyface")
+    check_keys(TinyFaceNet().state_dict(), state, "the face-api file", "networks.tinyface_net")
     return state
 
 
 def load_tinyface_net(state: Dict[str, torch.Tensor]):
-    """A `networks.tinyface.TinyFaceNet` (eval mode) from a converted state dict."""
-    from networks.tinyface import TinyFaceNet
+    """A `networks.tinyface_net.TinyFaceNet` (eval mode) from a converted state dict."""
+    from networks.tinyface_net import TinyFaceNet
 
     model = TinyFaceNet()
     model.load_state_dict(state)
@@ -218,13 +218,13 @@ def convert_tinyface(src, dst) -> Dict[str, Any]:
 
     The graph takes (1, S, S, 3) uint8 RGB pixels with S free (a multiple of 32), normalises them
     as face-api does, and gives the raw (1, 25, S/32, S/32) encodings; its metadata carries the
-    anchors that utils.inference.tinyface decodes with, and where the weights came from.
+    anchors that inference.tinyface decodes with, and where the weights came from.
 
     Returns:
         The metadata written.
     """
-    from networks.tinyface import ANCHORS, MEAN_RGB, PixelInput
-    from utils.files import save_with_meta
+    from networks.tinyface_net import ANCHORS, MEAN_RGB, PixelInput
+    from inference.runtime import save_with_meta
 
     dst = Path(dst)
     if dst.suffix != ".onnx":

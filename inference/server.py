@@ -10,7 +10,7 @@ outside the pool, so a slow server holds no worker.
 
 POST /predict?session=<id> is one frame of a live video (the page's webcam): the faces are
 followed from the session's earlier frames and their probabilities smoothed over time, as
-predict.py does for a video (utils/inference/video.py); the server keeps a bounded number of
+predict.py does for a video (inference/video.py); the server keeps a bounded number of
 sessions and forgets one left idle.
 
 Every refusal is a status code and {"error": "<one sentence>"}; docs/serve.md lists them.
@@ -46,14 +46,14 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from common.errors import UserError, first_line
+from common.files import file_digest
 from data.images import MAX_PIXELS, ImageTooLarge, decode_image
-from utils.errors import UserError, first_line
-from utils.files import file_digest
-from utils.inference.fetch import MB, DownloadTimedOut, DownloadTooLarge, FetchLimits, UrlRefused, fetch
-from utils.inference.annotate import PALETTE, emotion_colours
-from utils.inference.sources import Input, record
-from utils.inference.tracking import FaceTracker
-from utils.inference.video import FaceStream
+from inference.annotate import PALETTE, emotion_colours
+from inference.fetch import MB, DownloadTimedOut, DownloadTooLarge, FetchLimits, UrlRefused, fetch
+from inference.sources import Input, record
+from inference.tracking import FaceTracker
+from inference.video import FaceStream
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = Path(__file__).with_name("serve_page.html")
@@ -219,7 +219,7 @@ def model_info(recognizer) -> dict:
     """What GET /model answers: the model, its classes and input, the checkpoint's SHA-256."""
     meta = recognizer.meta
     return {"checkpoint": recognizer.checkpoint.name, "sha256": file_digest(recognizer.checkpoint),
-            "model": meta.get("model"), "classes": recognizer.classes, "img_size": recognizer.img_size,
+            "model": meta.model, "classes": recognizer.classes, "img_size": recognizer.img_size,
             "grayscale": recognizer.grayscale, "temperature": recognizer.temperature, "tta": recognizer.tta,
             "detector": getattr(recognizer.detector, "name", type(recognizer.detector).__name__),
             "backend": recognizer.backend, "palette": PALETTE, "colours": emotion_colours(recognizer.classes)}

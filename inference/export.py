@@ -6,52 +6,26 @@ spatial-attention map on the trunk grid (7x7 at 224 px). The checkpoint's metada
 model_args, classes, img_size, mean, std) is stored as JSON under the ONNX metadata key META_KEY ("fer"),
 so an exported file is a complete model on its own.
 
-    python3 -m utils.export_onnx --checkpoint runs/dan/best.safetensors --out Data/dan.onnx
-
-It also holds what every ONNX Runtime session of the project is opened with (`session_options`).
-Only exporting imports torch (inside the functions that export); reading metadata and finding a
-cached export do not, so that prediction from an export runs without torch.
+Its command line: `python3 -m tools.export_onnx` (tools/export_onnx.py). Only exporting imports
+torch (inside the functions that export); finding a cached export does not, so that prediction
+from an export runs on ONNX Runtime alone (inference/runtime.py).
 """
-import argparse
 import logging
 import os
-import sys
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Callable, Optional
 
-import numpy as np
-import onnxruntime as ort
+from common.errors import UserError
+from common.files import file_digest
+from common.meta import ModelMeta
 
-from utils.errors import UserError, run_cli
-from utils.files import META_KEY, file_digest, save_with_meta
-from utils.meta import check_meta_values, parse_meta
-
-from .faces import normalize, resize_faces, wants_grayscale
+from .faces import normalize, resize_faces
+from .runtime import save_with_meta
 
 # Part of every cache key: bump it when the exported graph changes (new outputs, a model
 # transform such as BatchNorm folding), so older cached files are not reused.
 EXPORT_VERSION = 2
 OPSET = 18
-
-
-def session_options(threads: int, spinning: bool = True) -> ort.SessionOptions:
-    """Options of every ONNX Runtime session here: `threads` intra-op threads, one inter-op thread,
-    warnings off. spinning=False stops idle worker threads from spinning after each run, which
-    would take the CPU from a face detector that runs next (OpenCV's threads or MTCNN's session)."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    if not spinning:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return options
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """(B, C) -> (B, C) probabilities, computed in float64 so each row sums to 1."""
-    z = logits.astype(np.float64)
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def prepare_for_export(model):
@@ -66,7 +40,7 @@ def prepare_for_export(model):
     return fuse(model)
 
 
-def export_onnx(checkpoint, out, transform: Callable = prepare_for_export, opset: int = OPSET) -> Dict[str, Any]:
+def export_onnx(checkpoint, out, transform: Callable = prepare_for_export, opset: int = OPSET) -> ModelMeta:
     """Rebuild the checkpoint's model with torch and write it as ONNX to `out` (atomically).
 
     Args:
@@ -76,17 +50,17 @@ def export_onnx(checkpoint, out, transform: Callable = prepare_for_export, opset
         opset: ONNX opset version.
 
     Returns:
-        the checkpoint's metadata, as stored in the file.
+        the metadata written: the checkpoint's, with the source's digest and the export version.
     """
-    from utils.checkpoint import ModelMeta, load_model  # torch: only when exporting
+    from utils.checkpoint import load_model  # torch: only when exporting
 
     model, meta = load_model(checkpoint, "cpu")
     model = transform(model).eval()
-    proto = model_proto(model, int(meta["img_size"]), opset)
-    stored = ModelMeta.from_dict(meta, checkpoint)  # the file's own extra keys are not carried over
-    stored.extra = {"source_sha256": file_digest(checkpoint), "export_version": EXPORT_VERSION}
-    save_with_meta(proto, stored.to_dict(), out)
-    return stored.to_dict()
+    proto = model_proto(model, meta.img_size, opset)
+    # the file's own extra keys are not carried over
+    stored = meta.replace(source_sha256=file_digest(checkpoint), export_version=EXPORT_VERSION, extra={})
+    save_with_meta(proto, stored, out)
+    return stored
 
 
 def model_proto(model, size: int, opset: int = OPSET):
@@ -131,7 +105,7 @@ def quantize_int8(src: Path, dst: Path, calibration) -> Path:
     return dst
 
 
-def calibration_batches(folder, meta, images: int = 512, batch: int = 64):
+def calibration_batches(folder, meta: ModelMeta, images: int = 512, batch: int = 64):
     """Normalised float32 (B, 3, S, S) batches of up to `images` training images, evenly spread,
     prepared as prediction prepares faces (grey when the model takes grey, normalised)."""
     from data.datasets import FaceFolder  # torch: only when quantising
@@ -139,11 +113,10 @@ def calibration_batches(folder, meta, images: int = 512, batch: int = 64):
     root = Path(folder)
     if not (root / "train").is_dir():
         raise UserError(f"--int8 {folder}: expected a dataset folder with train/<class>/ images")
-    size = int(meta["img_size"])
-    dataset = FaceFolder([root], "train", size, skip_unknown=True, classes=meta["classes"])
+    dataset = FaceFolder([root], "train", meta.img_size, skip_unknown=True, classes=meta.classes)
     step = max(1, len(dataset) // images)
     faces = [dataset.load(i).permute(1, 2, 0).numpy() for i in range(0, len(dataset), step)[:images]]
-    x = normalize(resize_faces(faces, size, wants_grayscale(meta)), meta["mean"], meta["std"])
+    x = normalize(resize_faces(faces, meta.img_size, meta.grey_input), meta.mean, meta.std)
     return [x[k:k + batch] for k in range(0, len(x), batch)]
 
 
@@ -196,72 +169,12 @@ def cached_onnx(checkpoint, cache_dir: Optional[Path] = None, transform: Callabl
     return path
 
 
-def read_onnx_meta(session_or_path) -> Dict[str, Any]:
-    """The metadata (META_KEY) of an exported model (an onnxruntime session or a path)."""
-    if isinstance(session_or_path, (str, Path)):
-        session_or_path = ort.InferenceSession(str(session_or_path), session_options(1),
-                                               providers=["CPUExecutionProvider"])
-    props = session_or_path.get_modelmeta().custom_metadata_map
-    if META_KEY not in props:
-        raise UserError("this ONNX file was not exported by this project (no 'fer' metadata); "
-                        "export one with python3 -m utils.export_onnx")
-    source = session_or_path if isinstance(session_or_path, (str, Path)) else "the ONNX model"
-    meta = parse_meta(props[META_KEY], source)
-    check_meta_values(meta, source)
-    return meta
-
-
-def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Export a checkpoint to ONNX (logits, and attention for DAN).",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help=".safetensors model or .pth checkpoint")
-    p.add_argument("--out", default=None, help="output .onnx (default: the checkpoint with .onnx)")
-    p.add_argument("--opset", type=int, default=OPSET)
-    p.add_argument("--check", action="store_true",
-                   help="compare onnxruntime's probabilities with PyTorch's on random input")
-    p.add_argument("--int8", metavar="DATA", default=None,
-                   help="also write <out>-int8.onnx, quantised to int8 with activation ranges calibrated "
-                        "on 512 images of DATA/train (its speed and accuracy: docs/speed.md)")
-    return p
-
-
-def check_against_torch(checkpoint, onnx_path, batch: int = 3, seed: int = 0) -> float:
-    """Largest |p_onnx - p_torch| over a random batch (softmax probabilities)."""
-    import torch  # only when checking an export
-
-    from utils.checkpoint import load_model  # torch: as above
-
-    model, meta = load_model(checkpoint, "cpu")
-    size = int(meta["img_size"])
-    x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
-    with torch.no_grad():
-        p_torch = torch.softmax(model(x).logits, dim=1).numpy()
-    session = ort.InferenceSession(str(onnx_path), session_options(1), providers=["CPUExecutionProvider"])
-    logits = session.run(["logits"], {"input": x.numpy()})[0]
-    return float(np.abs(softmax(logits) - p_torch).max())
-
-
-def main(args) -> None:
-    out = Path(args.out) if args.out else Path(args.checkpoint).with_suffix(".onnx")
-    meta = export_onnx(args.checkpoint, out, opset=args.opset)
-    print(f"wrote {out} ({meta['model']}, {len(meta['classes'])} classes, {meta['img_size']} px)")
-    if args.check:
-        print(f"max |p_onnx - p_torch| = {check_against_torch(args.checkpoint, out):.2e}")
-    if args.int8:
-        int8 = export_int8(out, args.int8, meta)
-        print(f"wrote {int8} (int8; use it with predict.py --checkpoint {int8})")
-
-
-def export_int8(fp32_path, data, meta) -> Path:
+def export_int8(fp32_path, data, meta: ModelMeta) -> Path:
     """Quantise an exported fp32 graph to `<name>-int8.onnx`, keeping its metadata."""
     import onnx  # onnx: only when exporting (prediction needs ONNX Runtime alone)
 
     fp32_path = Path(fp32_path)
     dst = fp32_path.with_name(fp32_path.stem + "-int8.onnx")
     quantize_int8(fp32_path, dst, calibration_batches(data, meta))
-    save_with_meta(onnx.load(str(dst)), {**meta, "quantized": "int8"}, dst)
+    save_with_meta(onnx.load(str(dst)), meta.replace(quantized="int8"), dst)
     return dst
-
-
-if __name__ == "__main__":
-    sys.exit(run_cli(main, get_args_parser().parse_args()))

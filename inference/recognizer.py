@@ -1,12 +1,12 @@
 """The emotion of every face in a photo, as a class that scripts, notebooks and services share.
 
-    from utils.inference.recognizer import EmotionRecognizer
+    from inference.recognizer import EmotionRecognizer
     recognizer = EmotionRecognizer("Data/dan_fer2013.safetensors")
     for face in recognizer.predict("photo.jpg"):
         print(face.box, face.emotion, face.probabilities)
 
 On the CPU the model runs in ONNX Runtime from an export cached by the checkpoint's content hash
-(utils/inference/export.py), so after the first run neither torch nor the model code is imported. A
+(inference/export.py), so after the first run neither torch nor the model code is imported. A
 GPU (`device="cuda"`) or `backend="torch"` runs the PyTorch model itself.
 """
 from dataclasses import dataclass, field
@@ -17,14 +17,16 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
+from common.errors import UserError, first_line
+from common.meta import ModelMeta
+from common.paths import DEFAULT_MODEL as DEFAULT_CHECKPOINT
+from common.paths import ROOT
 from data.images import MAX_PIXELS, decode_image
-from utils.errors import UserError, first_line
-from utils.paths import DEFAULT_MODEL as DEFAULT_CHECKPOINT
-from utils.paths import ROOT
 
 from .detectors import build_detector
-from .export import cached_onnx, read_onnx_meta, session_options, softmax
-from .faces import Detection, crop_face, normalize, resize_faces, wants_grayscale
+from .export import cached_onnx
+from .runtime import read_onnx_meta, session_options, softmax
+from .faces import Detection, crop_face, normalize, resize_faces
 from .fallback import WHOLE_IMAGE, Fallback
 
 BACKENDS = ("auto", "onnx", "torch")
@@ -48,11 +50,11 @@ class Face:
             detector, on the photo padded at its edges: a tight face crop), "whole image"
             (no detection: the whole photo, small and face-shaped, taken as the face) or
             "tracked" (a video frame the detector skipped: the face's box in the last frame
-            it ran on, utils/inference/video.py).
+            it ran on, inference/video.py).
         track: in a video, the id of the face's track (stable while it stays in view); None
             for photos.
         smoothed: in a video, the probabilities averaged over time along the track
-            (utils/inference/tracking.py); None for photos.
+            (inference/tracking.py); None for photos.
     """
 
     box: Tuple[int, int, int, int]
@@ -154,10 +156,10 @@ class EmotionRecognizer:
 
     Args:
         checkpoint: .safetensors model, .pth training checkpoint, or .onnx exported by
-            utils.export_onnx; None for the project's default model.
+            tools.export_onnx; None for the project's default model.
         device: "cpu" or "cuda"; cuda implies the torch backend.
         backend: "onnx" (ONNX Runtime, CPU), "torch", or "auto" (onnx on the CPU).
-        detector: a name in utils.inference.detectors.DETECTORS ("none" treats the whole image as one face).
+        detector: a name in inference.detectors.DETECTORS ("none" treats the whole image as one face).
         margin: extra space around the detector's box on each side, as a fraction of its side.
         align: turn faces upright by the eye line when the detector gives landmarks.
         grayscale: turn face crops grey before the model sees them; None reads the checkpoint's
@@ -170,7 +172,7 @@ class EmotionRecognizer:
         tta: average each face's logits with those of its mirror image (one batch of 2B faces;
             the attention maps stay the unmirrored face's); on by default, as the recipe trials
             in docs/training.md chose it.
-        fallback: what to try when the detector finds no face (utils/inference/fallback.py): the
+        fallback: what to try when the detector finds no face (inference/fallback.py): the
             photo padded at its edges, then the whole photo when it is small and face-shaped.
             None: both on, edge padding.
     """
@@ -198,13 +200,13 @@ class EmotionRecognizer:
             self.runner = OnnxRunner(path if is_onnx else cached_onnx(path, cache_dir), threads)
         else:
             self.runner = TorchRunner(path, device, threads)
-        self.meta = self.runner.meta
-        self.classes: List[str] = list(self.meta["classes"])
-        self.img_size = int(self.meta["img_size"])
-        self.mean, self.std = self.meta["mean"], self.meta["std"]
-        self.grayscale = wants_grayscale(self.meta) if grayscale is None else grayscale
+        self.meta: ModelMeta = self.runner.meta
+        self.classes: List[str] = list(self.meta.classes)
+        self.img_size = self.meta.img_size
+        self.mean, self.std = self.meta.mean, self.meta.std
+        self.grayscale = self.meta.grey_input if grayscale is None else grayscale
         # Fitted on val by `test.py --calibrate`: probabilities that mean what they say (docs/training.md).
-        self.temperature = float(self.meta.get("temperature", 1.0))
+        self.temperature = self.meta.softmax_temperature
         self.detector = build_detector(detector, **(detector_options or {}))
         self.margin, self.align, self.max_pixels, self.tta = margin, align, max_pixels, tta
         self.fallback = Fallback() if fallback is None else fallback
@@ -262,9 +264,9 @@ def locate_faces(image: np.ndarray, detector, fallback: Fallback, margin: float 
                  align: bool = True) -> Tuple[List[Detection], str, List[np.ndarray]]:
     """Prediction's framing of every face: (detections, how they were found, square uint8 crops).
 
-    The detector runs with its fallbacks (utils/inference/fallback.py); each crop is the box with
+    The detector runs with its fallbacks (inference/fallback.py); each crop is the box with
     `margin` on each side, turned upright by the eyes when `align`. A whole photo taken as the
-    face is already framed with its surroundings: it gets no margin. utils/inference/reframe.py
+    face is already framed with its surroundings: it gets no margin. tools/reframe.py
     writes training faces with this same function.
     """
     detections, source = fallback.detect(detector, image)

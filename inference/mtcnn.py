@@ -16,11 +16,10 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
-from utils.errors import UserError
+from common.errors import UserError
 
-from .export import session_options
+from .runtime import session_options
 from .faces import Detection, nms, shrink
-from .tinyface import TinyFaceDetector
 
 CELL, STRIDE = 12, 2  # P-Net's receptive field and step, in pixels of the scaled image
 
@@ -82,42 +81,28 @@ class MTCNN:
             large (at least `large` times the smallest face that view can find), that answer
             stands, else the `max_side` view is searched as usual.
         large: see coarse_side.
-        proposals: "pnet" (the cascade as published) or "tinyface": face-api's Tiny Face Detector
-            (utils/inference/tinyface.py) proposes the boxes in one pass and O-Net alone corrects
-            them and finds the landmarks. Its answer stands when it finds faces and all of them
-            are large (at least `large_share` of the photo's longer side); any other photo goes
-            through the cascade (docs/serve.md, Speed).
-        tiny_size: the Tiny Face Detector's input side.
-        large_share: see proposals.
+
+    `refine` runs the last stage (O-Net) alone on boxes another detector proposes: the default
+    detector (inference.detectors.Cascade) does so with the Tiny Face Detector's boxes.
     """
+
+    name = "MTCNN"  # what serve.py's /model reports
 
     def __init__(self, min_face: int = 24, thresholds: Tuple[float, float, float] = (0.6, 0.7, 0.8),
                  scale_step: float = 0.709, max_side: int = 480, threads: int = 1, coarse_side: int = 320,
-                 large: float = 2.0, proposals: str = "pnet", tiny_size: int = 224, large_share: float = 0.15):
-        if proposals not in ("pnet", "tinyface"):
-            raise UserError(f"MTCNN proposals {proposals!r}: choose pnet or tinyface")
+                 large: float = 2.0):
         folder = _weights_dir()
         options = session_options(threads)
         self.nets = [ort.InferenceSession(str(folder / f"{n}.onnx"), options, providers=["CPUExecutionProvider"])
                      for n in ("pnet", "rnet", "onet")]
         self.min_face, self.thresholds, self.scale_step, self.max_side = min_face, thresholds, scale_step, max_side
-        self.coarse_side, self.large, self.large_share = coarse_side, large, large_share
-        self.tiny = TinyFaceDetector(tiny_size, threads=threads) if proposals == "tinyface" else None
-
-    @property
-    def name(self) -> str:
-        """What serve.py's /model reports."""
-        return "MTCNN, boxes proposed by the Tiny Face Detector" if self.tiny is not None else "MTCNN"
+        self.coarse_side, self.large = coarse_side, large
 
     def _run(self, k: int, x: np.ndarray) -> List[np.ndarray]:
         net = self.nets[k]
         return net.run(None, {net.get_inputs()[0].name: x})
 
     def __call__(self, image: np.ndarray) -> List[Detection]:
-        if self.tiny is not None:
-            found = self._from_tiny(image)
-            if found and min(d.box[2] for d in found) >= self.large_share * max(image.shape[:2]):
-                return found
         if self.coarse_side and max(image.shape[:2]) > self.coarse_side and self.coarse_side < self.max_side:
             found, scale = self._detect(image, self.coarse_side)
             if found and min(d.box[2] for d in found) * scale >= self.large * self.min_face:
@@ -135,9 +120,9 @@ class MTCNN:
             return [], scale
         return _detections(*self._output(x, boxes), scale), scale
 
-    def _from_tiny(self, image: np.ndarray) -> List[Detection]:
-        """The Tiny Face Detector's boxes, squared, corrected by O-Net on crops of the full photo."""
-        boxes, _ = self.tiny.boxes(image)
+    def refine(self, image: np.ndarray, boxes: np.ndarray) -> List[Detection]:
+        """Boxes (K, 4) x1, y1, x2, y2 in the photo's pixels, proposed by another detector, squared and
+        corrected by O-Net on crops of the full photo; with their landmarks. Boxes O-Net rejects are dropped."""
         if not len(boxes):
             return []
         # O-Net's crops come from the photo itself (no shrunk copy to make); outside it, mid-grey,
