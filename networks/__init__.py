@@ -143,7 +143,7 @@ def default_pretrained(name: str, root: Path, trunk: Optional[str] = None) -> Op
     return None
 
 
-__all__ = ["MODELS", "SPECS", "TRUNKS", "ModelOutput", "ModelSpec", "model_spec", "spec_of", "loaded_backbone", "build_model", "build_criterion", "default_input",
-           "model_meta",
-           "default_pretrained", "min_input_size", "model_trunk", "total_loss", "DAN", "EfficientNetB3",
-           "FaceResNetClassifier", "ResNet18", "fuse"]
+__all__ = ["MODELS", "SPECS", "TRUNKS", "ModelOutput", "ModelSpec", "model_spec", "spec_of", "loaded_backbone",
+           "build_model", "build_criterion", "default_input", "model_meta", "default_pretrained",
+           "min_input_size", "model_trunk", "total_loss", "DAN", "EfficientNetB3", "FaceResNetClassifier",
+           "ResNet18", "fuse"]

@@ -138,7 +138,8 @@ def test_no_code_outside_networks_asks_a_models_name_or_class():
     pattern = re.compile(r"""[=!]=\s*["'](dan|efficientnet_b3|resnet18|face_resnet)["']|isinstance\([^)]*\b(%s)\b"""
                          % classes)
     files = [root / f"{s}.py" for s in ("train", "test", "predict", "serve")]
-    files += [p for d in ("utils", "data", "benchmarks") for p in (root / d).rglob("*.py")]
+    files += [p for d in ("common", "data", "utils", "inference", "tools", "benchmarks")
+              for p in (root / d).rglob("*.py")]
     found = [f"{p.relative_to(root)}:{i}" for p in files for i, line in enumerate(p.read_text().splitlines(), 1)
              if pattern.search(line)]
     assert found == []
