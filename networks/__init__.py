@@ -24,6 +24,7 @@ from .outputs import ModelOutput
 from .resnet import FaceResNetClassifier, ResNet18
 from .trunks import IMAGENET_224, TRUNKS, InputConfig
 
+
 @dataclass(frozen=True)
 class ModelSpec:
     """What the code outside networks/ needs to know of one model.

@@ -58,10 +58,11 @@ def process_state(monkeypatch):
                 logger.removeHandler(handler)
 
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
 @pytest.fixture
 def tiny_data(tmp_path):
     return make_image_folder(tmp_path / "tiny", ["angry", "happy", "sad"], splits=("train", "val", "test"))
+
+
 @pytest.fixture(scope="session")
 def served_model(tmp_path_factory):
     """(tiny_model's file, an ONNX cache folder holding its export): made once for the server's tests."""
@@ -71,27 +72,39 @@ def served_model(tmp_path_factory):
     checkpoint = tiny_model(folder / "tiny.safetensors")
     cached_onnx(checkpoint, folder / "cache")
     return checkpoint, folder / "cache"
+
+
 @pytest.fixture(scope="session")
 def workdir(tmp_path_factory):
     return tmp_path_factory.mktemp("inference")
+
+
 @pytest.fixture(scope="session")
 def cache_dir(workdir):
     return workdir / "cache"
+
+
 @pytest.fixture(scope="session")
 def checkpoint(workdir):
     import torch
     torch.set_num_threads(1)
     return make_checkpoint(workdir / "dan64.safetensors")
+
+
 @pytest.fixture(scope="session")
 def recognizer(checkpoint, cache_dir):
     from inference.recognizer import EmotionRecognizer
 
     return EmotionRecognizer(checkpoint, cache_dir=cache_dir, threads=1, detector="haar")
+
+
 @pytest.fixture(scope="session")
 def astronaut():
     """(480, 640, 3): the astronaut photo on a wider canvas, one face about 110 px wide."""
     image = Image.open(ASTRONAUT).convert("RGB").resize((640, 640)).crop((0, 80, 640, 560))
     return np.asarray(image)
+
+
 @pytest.fixture(scope="session")
 def photos(workdir, astronaut):
     """Files: a one-face JPEG, a grey PNG, an RGBA PNG, a four-face mosaic, a face-free image,
@@ -116,6 +129,8 @@ def photos(workdir, astronaut):
     data = (folder / "one.jpg").read_bytes()
     (folder / "truncated.jpg").write_bytes(data[: len(data) // 3])
     return folder
+
+
 class _Handler(http.server.BaseHTTPRequestHandler):
     image = b""
 
@@ -153,6 +168,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 self._send(404, b"missing", "text/plain", headers=[("Content-Length", "7")])
         except (BrokenPipeError, ConnectionResetError):  # the client gave up first, as it should
             pass
+
+
 @pytest.fixture(scope="session")
 def photo_server(photos):
     _Handler.image = (photos / "one.jpg").read_bytes()

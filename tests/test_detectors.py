@@ -13,6 +13,7 @@ def test_haar_finds_the_astronaut(astronaut):
     x, y, w, h = found[0].box
     assert 200 < x + w / 2 < 360 and 0 < y + h / 2 < 130 and 70 < w < 160  # her face, not the suit
 
+
 def test_mtcnn_gives_landmarks_and_aligned_crops(astronaut):
     pytest.importorskip("onnxruntime")
     import importlib.util
@@ -28,6 +29,7 @@ def test_mtcnn_gives_landmarks_and_aligned_crops(astronaut):
     assert x < lx and rx < x + w and w == h
     haar = HaarDetector()(astronaut)[0].box
     assert abs(w - haar[2]) < 0.25 * haar[2]  # framed like Haar's boxes
+
 
 def test_mtcnn_answers_large_faces_from_the_small_view(astronaut, monkeypatch):
     """A portrait is answered from the 320-pixel view, as the 480-pixel view would answer it; a
@@ -51,6 +53,7 @@ def test_mtcnn_answers_large_faces_from_the_small_view(astronaut, monkeypatch):
     views.clear()
     found = detector(far)
     assert views == [320, 480] and len(found) == 1 and 30 < found[0].box[2] < 60
+
 
 def test_auto_detector_falls_back_to_haar(monkeypatch):
     import inference.detectors as detectors

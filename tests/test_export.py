@@ -73,6 +73,7 @@ def test_export_command_and_onnx_checkpoint(checkpoint, workdir, astronaut, reco
     assert from_onnx.predict(astronaut)[0].probabilities == pytest.approx(
         recognizer.predict(astronaut)[0].probabilities, abs=1e-6)
 
+
 def test_cache_is_keyed_by_content(checkpoint, cache_dir, workdir):
     from inference.export import cached_onnx
 

@@ -12,6 +12,7 @@ def test_crop_is_square_with_margin_and_edge_padding():
     assert crop.shape == (60, 60, 3)  # max(40, 20) * 1.5
     assert crop[30, 0, 0] == 140 and crop[30, -1, 0] == 199  # right of the photo repeats its edge
 
+
 def test_alignment_levels_the_eyes():
     landmarks = np.array([[40.0, 50.0], [80.0, 70.0], [60, 70], [45, 90], [75, 95]])
     det = Detection((30, 30, 60, 70), landmarks=landmarks)
@@ -21,6 +22,7 @@ def test_alignment_levels_the_eyes():
     assert side == round(70 * 1.4)
     unaligned, _ = crop_matrix(det, margin=0.2, align=False)
     assert np.allclose(unaligned[:, :2], np.eye(2))
+
 
 def test_resize_matches_training_resize(astronaut):
     crop = astronaut[:200, 200:400]

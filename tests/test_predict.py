@@ -45,6 +45,7 @@ def test_cli_files_json_schema_and_failures(checkpoint, cache_dir, photos, capsy
     assert set(errors) == {"truncated.jpg", "absent.jpg"} and "not a readable image" in errors["truncated.jpg"]
     assert code == 1 and len(err.strip().splitlines()) == 2  # one line per failed input
 
+
 def test_cli_table_folder_and_glob(checkpoint, cache_dir, photos, capsys):
     code, out, err = run_predict(["--params", str(photos / "no*.png"), str(photos / "one.jpg"),
                                   "--checkpoint", str(checkpoint), "--cache-dir", str(cache_dir)], capsys)
@@ -55,10 +56,12 @@ def test_cli_table_folder_and_glob(checkpoint, cache_dir, photos, capsys):
                                 "--cache-dir", str(cache_dir), "--json"], capsys)
     assert len(out.splitlines()) == 8 and code == 1  # the folder's eight images, one truncated
 
+
 def test_cli_pixel_limit(checkpoint, cache_dir, photos, capsys):
     code, out, err = run_predict(["--params", str(photos / "one.jpg"), "--max-pixels", "10000",
                                   "--checkpoint", str(checkpoint), "--cache-dir", str(cache_dir)], capsys)
     assert code == 1 and "over the limit" in err
+
 
 def test_cli_save_dir_and_attention(checkpoint, cache_dir, photos, workdir, capsys):
     out_dir = workdir / "annotated"
@@ -74,6 +77,7 @@ def test_cli_save_dir_and_attention(checkpoint, cache_dir, photos, workdir, caps
     strip = Image.open(out_dir / "one_face1_attention.png")
     assert strip.width == 5 * strip.height  # the face and four heads
 
+
 def test_cli_video_frames(checkpoint, cache_dir, astronaut, workdir, capsys):
     import cv2
 
@@ -88,10 +92,12 @@ def test_cli_video_frames(checkpoint, cache_dir, astronaut, workdir, capsys):
     assert code == 0 and [r["frame"] for r in records] == [0, 3, 6]
     assert all(len(r["faces"]) == 1 for r in records)
 
+
 def test_cli_unopenable_webcam_is_one_error(checkpoint, cache_dir, capsys):
     code, out, err = run_predict(["--params", "97", "--checkpoint", str(checkpoint),
                                   "--cache-dir", str(cache_dir), "--json"], capsys)
     assert code == 1 and "cannot open this webcam" in json.loads(out.splitlines()[-1])["error"]
+
 
 def test_cli_cold_run_needs_no_torch(checkpoint, cache_dir, photos, recognizer):
     """With the export cached, a fresh process neither imports torch nor exports again."""
@@ -104,6 +110,7 @@ def test_cli_cold_run_needs_no_torch(checkpoint, cache_dir, photos, recognizer):
     assert result.returncode == 0, result.stderr
     assert "1 face" in result.stdout and "torch imported: False" in result.stderr
 
+
 def test_efficientnet_checkpoint_rebuilds_and_refuses_attention(workdir, photos, capsys):
     ckpt = make_checkpoint(workdir / "effnet.safetensors", model="efficientnet_b3", img_size=64)
     faces = EmotionRecognizer(ckpt, backend="torch", threads=1).predict(photos / "one.jpg")
@@ -111,6 +118,7 @@ def test_efficientnet_checkpoint_rebuilds_and_refuses_attention(workdir, photos,
     with pytest.raises(UserError, match="--attention needs a DAN"):
         run_predict(["--params", str(photos / "one.jpg"), "--checkpoint", str(ckpt), "--backend", "torch",
                      "--save-dir", str(workdir / "eff_out"), "--attention"], capsys)
+
 
 def test_cli_urls_mixed_with_failures(photo_server, checkpoint, cache_dir, capsys):
     code, out, err = run_predict(["--params", photo_server + "/good.jpg", photo_server + "/missing.jpg", photo_server + "/page.html",

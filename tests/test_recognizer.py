@@ -25,6 +25,7 @@ def test_predict_one_face(recognizer, astronaut):
     assert from_bytes.box == faces[0].box
     assert from_bytes.probabilities == pytest.approx(faces[0].probabilities, abs=1e-6)
 
+
 def test_all_faces_classified_in_one_batch(recognizer, photos, monkeypatch):
     batches = []
     run = recognizer.runner.__call__
@@ -34,13 +35,16 @@ def test_all_faces_classified_in_one_batch(recognizer, photos, monkeypatch):
     centres = sorted((f.box[0] + f.box[2] // 2 > 400, f.box[1] + f.box[3] // 2 > 300) for f in faces)
     assert centres == [(False, False), (False, True), (True, False), (True, True)]
 
+
 def test_no_face_is_no_prediction(recognizer, photos):
     assert recognizer.predict(photos / "noface.png") == []
+
 
 def test_no_detect_classifies_the_whole_image(checkpoint, cache_dir, photos):
     whole = EmotionRecognizer(checkpoint, detector="none", cache_dir=cache_dir, threads=1)
     faces = whole.predict(photos / "noface.png")
     assert len(faces) == 1 and faces[0].box == (0, 0, 320, 240)
+
 
 def test_onnx_matches_pytorch_within_1e_4(checkpoint, cache_dir, recognizer, photos):
     torch_recognizer = EmotionRecognizer(checkpoint, backend="torch", threads=1, detector="haar")
@@ -56,6 +60,7 @@ def test_onnx_matches_pytorch_within_1e_4(checkpoint, cache_dir, recognizer, pho
     faces = rng.integers(0, 256, (5, 64, 64, 3), dtype=np.uint8)
     assert np.abs(recognizer.classify(faces)[0] - torch_recognizer.classify(faces)[0]).max() < 1e-4
 
+
 def test_grey_crops_unless_the_checkpoint_says_colour(recognizer, workdir, photos):
     assert recognizer.grayscale  # the checkpoint does not say: grey, as FER2013 models need
     colour = EmotionRecognizer(make_checkpoint(workdir / "colour.safetensors", grayscale=False),
@@ -63,6 +68,7 @@ def test_grey_crops_unless_the_checkpoint_says_colour(recognizer, workdir, photo
     assert not colour.grayscale
     assert not np.array_equal(colour.predict(photos / "one.jpg")[0].crop[..., 0],
                               colour.predict(photos / "one.jpg")[0].crop[..., 1])
+
 
 def test_missing_default_model_says_how_to_get_one(monkeypatch, tmp_path):
     import inference.recognizer as rec
@@ -74,6 +80,7 @@ def test_missing_default_model_says_how_to_get_one(monkeypatch, tmp_path):
     message = str(err.value)
     assert "git checkout -- Data/dan_wild.safetensors" in message and "--checkpoint" in message
     assert "benchmarks/train_wild.sh" in message and "\n" not in message
+
 
 def test_flip_tta_averages_the_logits_of_each_face_and_its_mirror(recognizer):
     rng = np.random.default_rng(0)
@@ -92,6 +99,7 @@ def test_flip_tta_averages_the_logits_of_each_face_and_its_mirror(recognizer):
         recognizer.tta = True
     assert np.allclose(single, softmax(logits[:3] / recognizer.temperature), atol=1e-6)
     assert not np.allclose(single, probs, atol=1e-4)
+
 
 def test_a_colour_model_reads_colour_through_onnx_predict_and_serve(workdir, cache_dir, photos, capsys):
     """A model trained on colour faces (metadata grayscale false) gets colour crops on every path:
