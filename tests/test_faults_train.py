@@ -367,15 +367,49 @@ def test_a_full_disk_is_one_line_and_keeps_the_last_complete_epoch(data, tmp_pat
 
 
 def test_a_full_disk_under_safetensors_keeps_the_old_file(tmp_path, monkeypatch):
-    """safetensors' SafetensorError on a full disk becomes the OSError every caller handles."""
+    """safetensors' SafetensorError becomes the OSError every caller handles; a full disk while the
+    bytes are written is that OSError already. Either way the old file stays, alone."""
+    import errno
+
     import utils.checkpoint as checkpoint
     from safetensors import SafetensorError
     path = tmp_path / "m.safetensors"
     path.write_bytes(b"the old file")
 
-    def full(*args, **kwargs):
+    def failing(*args, **kwargs):
         raise SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull })")
-    monkeypatch.setattr(checkpoint, "save_file", full)
+    monkeypatch.setattr(checkpoint, "save", failing)
     with pytest.raises(OSError, match="is the disk full"):
         checkpoint.save_safetensors({"w": torch.zeros(2)}, {"model": "x"}, path)
     assert path.read_bytes() == b"the old file" and [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]
+    monkeypatch.undo()
+
+    def full(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(checkpoint.Path, "write_bytes", full)
+    with pytest.raises(OSError, match="No space left on device"):
+        checkpoint.save_safetensors({"w": torch.zeros(2)}, {"model": "x"}, path)
+    monkeypatch.undo()
+    assert path.read_bytes() == b"the old file" and [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]
+
+
+def test_safetensors_files_are_written_through_the_projects_own_temporary_file(tmp_path, monkeypatch):
+    """safetensors' save_file writes through a `.tmpXXXXXX` of its own, which a kill left in run
+    folders: the bytes are made in memory and only atomic_write's temporary file is ever created."""
+    import tempfile
+
+    import safetensors.torch
+
+    import utils.checkpoint as checkpoint
+    made, real_mkstemp = [], tempfile.mkstemp
+
+    def spy(*args, **kwargs):
+        made.append(real_mkstemp(*args, **kwargs))
+        return made[-1]
+    monkeypatch.setattr(safetensors.torch, "save_file", lambda *a, **k: pytest.fail("save_file was used"))
+    monkeypatch.setattr(tempfile, "mkstemp", spy)  # what atomic_write makes its temporary file with
+    checkpoint.save_safetensors({"w": torch.arange(4.0)}, {"model": "x"}, tmp_path / "m.safetensors", half=False)
+    assert len(made) == 1 and Path(made[0][1]).name.startswith(".m.safetensors.")
+    assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]
+    tensors, header = checkpoint.read_safetensors(tmp_path / "m.safetensors")
+    assert torch.equal(tensors["w"], torch.arange(4.0)) and header == {"fer": '{"model": "x"}'}

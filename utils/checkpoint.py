@@ -28,7 +28,7 @@ from typing import Any, Dict, List, Tuple, Union
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 from torch import nn
 
 from common.errors import UserError, first_line
@@ -136,8 +136,11 @@ def save_safetensors(state_dict: Dict[str, torch.Tensor], meta: Union[ModelMeta,
 
 
 def _write_safetensors(tensors: Dict[str, torch.Tensor], meta, path: Path) -> None:
+    """The file's bytes are made in memory (safetensors' `save`) and written into atomic_write's own
+    temporary file: `save_file` writes through a `.tmpXXXXXX` of its own beside the target, which a
+    kill at the wrong instant left behind in run folders (tests/test_faults_train.py)."""
     text = meta.to_json() if isinstance(meta, ModelMeta) else json.dumps(meta)
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={META_KEY: text}),
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(save(tensors, metadata={META_KEY: text})),
                  disk_errors=(RuntimeError, SafetensorError))
 
 
