@@ -10,7 +10,7 @@ weights, OpenCV's Haar cascade.
 """
 import importlib.util
 import logging
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 import cv2
 import numpy as np
@@ -76,6 +76,10 @@ def tinyface_available() -> bool:
     return TINYFACE_WEIGHTS.is_file()
 
 
+def _name_of(part) -> str:
+    return getattr(part, "name", None) or getattr(part, "__name__", None) or type(part).__name__
+
+
 class Cascade:
     """A detector made of three parts: `proposer` finds boxes in one cheap pass, `refiner` corrects
     them (and finds landmarks), and `fallback` answers for any photo where that finds no face or a
@@ -87,16 +91,13 @@ class Cascade:
         refiner: (image, boxes) -> Detections.
         fallback: a detector, image -> Detections.
         large_share: see above.
+        name: what serve.py's /model reports (default: Cascade(<proposer>, <fallback>)).
     """
 
     def __init__(self, proposer, refiner: Callable, fallback: Callable[[np.ndarray], List[Detection]],
-                 large_share: float = 0.15):
+                 large_share: float = 0.15, name: Optional[str] = None):
         self.proposer, self.refiner, self.fallback, self.large_share = proposer, refiner, fallback, large_share
-
-    @property
-    def name(self) -> str:
-        """What serve.py's /model reports."""
-        return f"{getattr(self.fallback, 'name', 'the fallback')}, boxes proposed by the Tiny Face Detector"
+        self.name = name or f"Cascade({_name_of(proposer)}, {_name_of(fallback)})"
 
     def __call__(self, image: np.ndarray) -> List[Detection]:
         boxes, _ = self.proposer.boxes(image)
@@ -109,7 +110,8 @@ class Cascade:
 def _tinyface_onet(tiny_size: int = 224, large_share: float = 0.15, **options) -> Cascade:
     """The Tiny Face Detector's boxes at `tiny_size`, refined by O-Net; MTCNN (with `options`) as the fallback."""
     mtcnn = MTCNN(**options)
-    return Cascade(TinyFaceDetector(tiny_size, threads=options.get("threads", 1)), mtcnn.refine, mtcnn, large_share)
+    return Cascade(TinyFaceDetector(tiny_size, threads=options.get("threads", 1)), mtcnn.refine, mtcnn, large_share,
+                   name="MTCNN, boxes proposed by the Tiny Face Detector")
 
 
 def _auto(**options):

@@ -262,4 +262,4 @@ def test_cascade_composes_a_proposer_a_refiner_and_a_fallback():
     proposer.boxes_out = np.zeros((0, 4))
     calls = len(seen)
     assert cascade(image) is fallback_answer and len(seen) == calls  # no box: the refiner is not called
-    assert cascade.name == "the fallback, boxes proposed by the Tiny Face Detector"
+    assert cascade.name == "Cascade(Proposer, fallback)"
