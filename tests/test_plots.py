@@ -158,6 +158,18 @@ def test_confusion_labels_the_axes_with_the_class_names(tmp_path, drawn):
     assert ax.get_title() == "counts"  # no title given: no leading space
 
 
+def test_confusion_writes_float_counts_whole_or_with_one_decimal(tmp_path, drawn):
+    """A float matrix of whole numbers (a sum of one-hot rows) reads as integers; vote-weighted
+    counts get one decimal (format "d" raised ValueError on any float before)."""
+    plots.plot_confusion(CM.astype(float), CLASSES, tmp_path / "whole.png")
+    assert cell_texts(drawn[0].axes[0])[(1, 1)][0] == str(CM[1, 1])
+    soft = np.array([[1.25, 0.75], [0.5, 2.0]])
+    plots.plot_confusion(soft, ["a", "b"], tmp_path / "soft.png")
+    assert {k: v[0] for k, v in cell_texts(drawn[1].axes[0]).items()} == {
+        (0, 0): "1.2", (0, 1): "0.8", (1, 0): "0.5", (1, 1): "2.0"}
+    assert cell_texts(drawn[1].axes[1])[(0, 0)][0] == "0.62"  # 1.25 / 2
+
+
 def test_confusion_figure_grows_with_the_number_of_classes(tmp_path):
     # Seven classes need more room than two, or the cell numbers overlap.
     plots.plot_confusion(np.eye(2, dtype=int), ["a", "b"], tmp_path / "two.png")

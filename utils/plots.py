@@ -34,13 +34,17 @@ def plot_history(history: List[Dict], path: Path) -> None:
 
 
 def plot_confusion(cm: np.ndarray, classes: Sequence[str], path: Path, title: str = "") -> None:
-    """Counts and row-normalised (recall) confusion matrices side by side."""
+    """Counts and row-normalised (recall) confusion matrices side by side; counts that are not whole
+    numbers (soft labels, vote-weighted counts) are written with one decimal."""
     cm = np.asarray(cm)
     rows = cm.sum(axis=1, keepdims=True)
     norm = np.divide(cm, rows, out=np.zeros(cm.shape), where=rows > 0)
     n = len(classes)
+    whole = np.issubdtype(cm.dtype, np.integer) or bool(np.all(cm == np.round(cm)))
     fig, axes = plt.subplots(1, 2, figsize=(6 + 1.2 * n, 0.6 * n + 3))
-    for ax, data, fmt, name in ((axes[0], cm, "d", "counts"), (axes[1], norm, ".2f", "row-normalised")):
+    counts = cm.astype(np.int64) if whole else cm
+    for ax, data, fmt, name in ((axes[0], counts, "d" if whole else ".1f", "counts"),
+                                (axes[1], norm, ".2f", "row-normalised")):
         ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
         for i in range(n):
             for j in range(n):
