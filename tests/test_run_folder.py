@@ -268,6 +268,27 @@ def test_a_folder_locked_by_another_holder_is_refused_naming_it(tmp_path):
     assert (tmp_path / LOCK_FILE).read_text() == str(os.getpid())
 
 
+@needs_flock
+def test_a_lock_file_removed_between_open_and_lock_is_not_trusted(tmp_path, monkeypatch):
+    """The holder ends (release_locks removes .lock) after this process opened the file and before it
+    locked it: the lock is then on a file no other process will open, while the next run would
+    create and lock a new one. The lock is taken again on the folder's file instead."""
+    real_flock, calls = run_folder.fcntl.flock, []
+
+    def flock_after_the_holder_left(handle, flags):
+        calls.append(os.fstat(handle.fileno()).st_ino)
+        if len(calls) == 1:  # the holder removes the file; the next run has already made a new one
+            (tmp_path / LOCK_FILE).unlink()
+            (tmp_path / LOCK_FILE).write_text("4242")
+        return real_flock(handle, flags)
+    (tmp_path / LOCK_FILE).write_text("")
+    monkeypatch.setattr(run_folder.fcntl, "flock", flock_after_the_holder_left)
+    RunFolder(tmp_path).lock()
+    assert len(calls) == 2 and calls[0] != calls[1]
+    assert os.fstat(run_folder._HELD[str(tmp_path.resolve())].fileno()).st_ino == os.stat(tmp_path / LOCK_FILE).st_ino
+    assert (tmp_path / LOCK_FILE).read_text() == str(os.getpid())
+
+
 CHILD = """import sys
 sys.path.insert(0, sys.argv[1])
 from common.errors import UserError

@@ -46,8 +46,9 @@ _HELD: Dict[str, Any] = {}  # run folder -> its open lock file, held by this pro
 
 def release_locks() -> None:
     """Let go of every run folder this process locked (train.py's main does at its end), removing
-    the lock files: a finished run's folder holds its run files only. (No process waits on a
-    lock, so removing the file while holding it races with nothing.)"""
+    the lock files: a finished run's folder holds its run files only. A process that opened the file
+    just before it went checks, once it holds the lock, that the file is still the folder's
+    (`RunFolder.lock`), so two runs never hold locks on two different files."""
     while _HELD:
         folder, handle = _HELD.popitem()
         try:
@@ -78,25 +79,43 @@ class RunFolder:
         key = str(self.path.resolve())
         if key in _HELD:
             return
-        try:
-            self.path.mkdir(parents=True, exist_ok=True)
-            handle = open(self.path / LOCK_FILE, "a+")
-        except OSError as err:
-            raise UserError(f"cannot write the run folder {self.path} ({err.strerror or err}); "
-                            "choose another --output") from None
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
+        while True:
+            handle = self._open_lock_file()
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                handle.close()
+                raise UserError(f"{self.path} is in use by a running train.py (process {holder}); wait for it to "
+                                "end or choose another --output") from None
+            if self._is_the_lock_file(handle):
+                break
+            # The holder ended between our open and our lock and removed the file (release_locks): the
+            # lock taken is on a file nobody else will open. Start again on the folder's lock file.
             handle.close()
-            raise UserError(f"{self.path} is in use by a running train.py (process {holder}); wait for it to end "
-                            "or choose another --output") from None
         handle.seek(0)
         handle.truncate()
         handle.write(str(os.getpid()))
         handle.flush()
         _HELD[key] = handle
+
+    def _open_lock_file(self):
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            return open(self.path / LOCK_FILE, "a+")
+        except OSError as err:
+            raise UserError(f"cannot write the run folder {self.path} ({err.strerror or err}); "
+                            "choose another --output") from None
+
+    def _is_the_lock_file(self, handle) -> bool:
+        """Whether `handle` is still the file at the folder's lock path (same inode on the same device)."""
+        try:
+            now = os.stat(self.path / LOCK_FILE)
+        except OSError:
+            return False
+        held = os.fstat(handle.fileno())
+        return (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino)
 
     def check(self, resumed: Optional[Path] = None) -> None:
         """Refuse to write into a folder that holds a run, unless that run's own last.pth is the
