@@ -53,7 +53,9 @@ class ModelMeta:
         img_size, mean, std: the square input side and its normalisation (x - mean) / std.
         grayscale: trained on grey faces (inference converts colour photos to grey); None: not recorded.
         converted_from: where converted weights came from (tools.convert); None for trained ones.
-        epoch, val_accuracy: the epoch of these weights and its selection score (train.py's best files).
+        epoch, val_accuracy: the epoch of these weights and its overall val accuracy (train.py's best files).
+        selection: how train.py chose that epoch when not by val_accuracy: {"rule": --select's value,
+            "score": the epoch's score by that rule} (--select source-mean: the mean of the per-source accuracies).
         temperature, calibration: the temperature fitted by test.py --calibrate, and on what split with
             what expected calibration error before and after ({"fitted_on", "ece_before", "ece_after"}).
         source_sha256, export_version: an ONNX export's source file and exporter version (inference/export.py).
@@ -71,6 +73,7 @@ class ModelMeta:
     converted_from: Optional[Dict[str, Any]] = None
     epoch: Optional[int] = None
     val_accuracy: Optional[float] = None
+    selection: Optional[Dict[str, Any]] = None
     temperature: Optional[float] = None
     calibration: Optional[Dict[str, Any]] = None
     source_sha256: Optional[str] = None
@@ -141,6 +144,7 @@ class ModelMeta:
         if grey is not None and not isinstance(grey, bool):
             raise _damaged(source, f"grayscale {grey!r} is not true or false")
         for key, kind, what in (("converted_from", dict, "a JSON object"), ("calibration", dict, "a JSON object"),
+                                ("selection", dict, "a JSON object"),
                                 ("quantized", str, "a string"), ("source_sha256", str, "a string"),
                                 ("epoch", int, "an integer"), ("export_version", int, "an integer")):
             value = meta.get(key)

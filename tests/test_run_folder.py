@@ -206,6 +206,18 @@ def test_best_files_hold_the_best_epoch_not_a_later_worse_one(tmp_path):
     assert load_checkpoint(tmp_path / "best.pth")["best_epoch"] == 2
 
 
+def test_best_files_chosen_by_another_rule_say_so(tmp_path):
+    """--select source-mean: val_accuracy is still the overall val accuracy of the best epoch, and
+    `selection` holds the rule and the score that chose it (it was stored as val_accuracy before)."""
+    (ckpt, _), = checkpoints([0.6], args={**ARGS, "select": "source-mean"})
+    ckpt["metrics"] = {**ckpt["metrics"], "val_acc": 0.7}
+    RunFolder(tmp_path).save_epoch(ckpt, improved=True)
+    _, _, meta = saved(tmp_path / "best.safetensors")
+    assert meta["val_accuracy"] == 0.7 and meta["selection"] == {"rule": "source-mean", "score": 0.6}
+    train(tmp_path / "plain", [0.6])
+    assert "selection" not in saved(tmp_path / "plain" / "best.safetensors")[2]
+
+
 def test_best_safetensors_is_half_precision(tmp_path):
     train(tmp_path, [0.3])
     tensors, _ = read_safetensors(tmp_path / "best.safetensors")

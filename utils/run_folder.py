@@ -186,7 +186,7 @@ class RunFolder:
         if checkpoint:
             save_checkpoint(ckpt, self.path / "best.pth")
             fault_point("saved:best.pth")
-        meta = ckpt["meta"].replace(epoch=ckpt["epoch"], val_accuracy=ckpt["best_metric"])
+        meta = ckpt["meta"].replace(epoch=ckpt["epoch"], **_best_scores(ckpt))
         save_safetensors(ckpt["state_dict"], meta, self.path / "best.safetensors")
         fault_point("saved:best.safetensors")
 
@@ -226,6 +226,16 @@ class RunFolder:
 
     def _write_text(self, name: str, text: str) -> None:
         atomic_write(self.path / name, lambda tmp: Path(tmp).write_text(text))
+
+
+def _best_scores(ckpt: Dict[str, Any]) -> Dict[str, Any]:
+    """The best files' val_accuracy (the epoch's overall val accuracy) and, when --select chose the
+    epoch by another rule, `selection`: the rule and the epoch's score by it."""
+    rule = (ckpt.get("args") or {}).get("select", "accuracy")
+    if rule == "accuracy":
+        return {"val_accuracy": ckpt["best_metric"]}
+    return {"val_accuracy": (ckpt.get("metrics") or {}).get("val_acc"),
+            "selection": {"rule": rule, "score": ckpt["best_metric"]}}
 
 
 def _epoch_file(epoch: int) -> str:
