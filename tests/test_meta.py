@@ -44,6 +44,7 @@ def test_grey_input_and_temperature_defaults():
     ({"val_accuracy": float("nan")}, "val_accuracy nan is not a finite number"),
     ({"calibration": [1]}, "calibration \\[1\\] is not a JSON object"),
     ({"quantized": 8}, "quantized 8 is not a string"),
+    ({"selection": "source-mean"}, "selection 'source-mean' is not a JSON object"),
 ])
 def test_bad_values_are_one_line_naming_the_value(changes, words):
     with pytest.raises(UserError, match=words) as err:
