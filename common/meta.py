@@ -12,7 +12,7 @@ import inspect
 import json
 import math
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 from common.errors import UserError
 
@@ -185,6 +185,12 @@ class ModelMeta:
     def softmax_temperature(self) -> float:
         """The temperature logits are divided by before the softmax (1 when not calibrated)."""
         return float(self.temperature) if self.temperature is not None else 1.0
+
+
+def stored_json(meta: Union[ModelMeta, Dict[str, Any]]) -> str:
+    """The JSON a file stores under META_KEY: a model's ModelMeta, or the plain dict of a file that
+    is not a model (a converted trunk or face detector)."""
+    return meta.to_json() if isinstance(meta, ModelMeta) else json.dumps(meta)
 
 
 def meta_kind(text: str, source) -> str:

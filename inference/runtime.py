@@ -11,7 +11,7 @@ import onnxruntime as ort
 
 from common.errors import UserError
 from common.files import atomic_write
-from common.meta import META_KEY, ModelMeta
+from common.meta import META_KEY, ModelMeta, stored_json
 
 
 def session_options(threads: int, spinning: bool = True) -> ort.SessionOptions:
@@ -56,11 +56,9 @@ def read_onnx_meta(session_or_path: Union[ort.InferenceSession, str, Path]) -> M
 def save_with_meta(proto, meta: Union[ModelMeta, Dict[str, Any]], path) -> None:
     """Write an ONNX graph atomically with `meta` (a model's ModelMeta, or the plain dict of the
     converted face detector) as its only metadata entry, JSON under META_KEY."""
-    import json
-
     import onnx  # onnx: only when writing (prediction needs ONNX Runtime alone)
 
     del proto.metadata_props[:]
     entry = proto.metadata_props.add()
-    entry.key, entry.value = META_KEY, meta.to_json() if isinstance(meta, ModelMeta) else json.dumps(meta)
+    entry.key, entry.value = META_KEY, stored_json(meta)
     atomic_write(Path(path), lambda tmp: onnx.save(proto, tmp))

@@ -19,5 +19,4 @@ def forward(old: str) -> None:
     new = MOVED[old]
     print(f"note: python3 -m {old} is now python3 -m {new}; the old name goes in the next release",
           file=sys.stderr)
-    sys.argv[0] = new
     runpy.run_module(new, run_name="__main__", alter_sys=True)

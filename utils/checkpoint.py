@@ -6,8 +6,7 @@ A training checkpoint (`.pth`) is a plain dict of tensors, numbers, strings and 
 
     {"format": "fer-checkpoint", "version": 1,
      "meta": {"model": "dan", "model_args": {...}, "classes": [...], "img_size": 224,
-              "mean": [...], "std": [...], and when known "grayscale", "converted_from",
-              "epoch", "val_accuracy", "temperature", "quantized"},
+              "mean": [...], "std": [...], and ModelMeta's optional fields when set},
      "state_dict": ..., "criterion": ..., "optimizer": ..., "scheduler": ..., "scaler": ...,
      "epoch": int, "best_metric": float, "best_epoch": int, "history": [...], "args": {...},
      "metrics": {...}}                   (metrics: the epoch's line of log.jsonl)
@@ -18,7 +17,6 @@ JSON in the safetensors header. Both are loaded by `load_model`.
 Every file is written by `common.files.atomic_write`: a kill at any instant leaves the old file or
 the new one.
 """
-import json
 import pickle
 import pickletools
 import warnings
@@ -33,7 +31,7 @@ from torch import nn
 
 from common.errors import UserError, first_line
 from common.files import atomic_write
-from common.meta import META_KEY, ModelMeta, meta_kind
+from common.meta import META_KEY, ModelMeta, meta_kind, stored_json
 from networks import MODELS, build_model, loaded_backbone, spec_of
 
 FORMAT = "fer-checkpoint"
@@ -139,7 +137,7 @@ def _write_safetensors(tensors: Dict[str, torch.Tensor], meta, path: Path) -> No
     """The file's bytes are made in memory (safetensors' `save`) and written into atomic_write's own
     temporary file: `save_file` writes through a `.tmpXXXXXX` of its own beside the target, which a
     kill at the wrong instant left behind in run folders (tests/test_faults_train.py)."""
-    text = meta.to_json() if isinstance(meta, ModelMeta) else json.dumps(meta)
+    text = stored_json(meta)
     atomic_write(path, lambda tmp: Path(tmp).write_bytes(save(tensors, metadata={META_KEY: text})),
                  disk_errors=(RuntimeError, SafetensorError))
 

@@ -40,7 +40,7 @@ def plot_confusion(cm: np.ndarray, classes: Sequence[str], path: Path, title: st
     rows = cm.sum(axis=1, keepdims=True)
     norm = np.divide(cm, rows, out=np.zeros(cm.shape), where=rows > 0)
     n = len(classes)
-    whole = np.issubdtype(cm.dtype, np.integer) or bool(np.all(cm == np.round(cm)))
+    whole = bool(np.all(cm == np.round(cm)))  # integer dtypes included
     fig, axes = plt.subplots(1, 2, figsize=(6 + 1.2 * n, 0.6 * n + 3))
     counts = cm.astype(np.int64) if whole else cm
     for ax, data, fmt, name in ((axes[0], counts, "d" if whole else ".1f", "counts"),
